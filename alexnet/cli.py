@@ -1,0 +1,51 @@
+"""The `alexnet` command: argument parsing only; each subcommand calls one function of the library."""
+
+import argparse
+import sys
+
+from .model import ARCHS
+
+
+def _summary(args: argparse.Namespace) -> None:
+    import torch
+
+    from .model import build_model
+    from .summary import format_table, layer_table
+
+    with torch.device("meta"):
+        model = build_model(args.arch, args.classes, lrn=args.lrn)
+    table = format_table(layer_table(model, args.image_size), args.image_size)
+    print(f"AlexNet {args.arch!r}, {args.classes} classes, input 3×{args.image_size}×{args.image_size}")
+    print(table)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .lrn import MODES
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="alexnet", formatter_class=fmt,
+        description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("summary", formatter_class=fmt, help="print the layer table",
+                            description="Each layer's output shape, parameters and multiply-adds, with totals.")
+    p.add_argument("--arch", choices=ARCHS, default="paper", help="network variant")
+    p.add_argument("--classes", type=int, default=1000, help="number of classes")
+    p.add_argument("--image-size", type=int, default=227, help="input height and width")
+    p.add_argument("--lrn", choices=MODES, default=None, help="LRN formula (default: the architecture's own)")
+    p.set_defaults(run=_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the subcommand; bad input ends in one line on stderr and exit 2."""
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, OSError) as err:
+        print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)

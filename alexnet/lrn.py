@@ -1,0 +1,121 @@
+"""Local response normalization (paper §3.3): the formulas, and a fused CPU kernel for speed.
+
+    b[i] = a[i] / (k + alpha * sum_{j = i - n/2}^{i + n/2} a[j]^2) ^ beta
+
+with n = 5, alpha = 1e-4, beta = 0.75. Implementations disagree on two constants (SPEC §1.2), so each
+reading is a named formula. In the two-tower network each tower normalizes its own channels: the
+window never crosses the tower boundary.
+"""
+
+import functools
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIZE, ALPHA, BETA = 5, 1e-4, 0.75
+
+
+class Formula(NamedTuple):
+    """The constants of one reading of §3.3, with alpha as it multiplies the sum of squares."""
+
+    alpha: float
+    k: float
+
+
+FORMULAS = {
+    "paper": Formula(ALPHA, 2.0),  # §3.3 taken literally: alpha not divided by n
+    "cuda-convnet": Formula(ALPHA / SIZE, 2.0),  # Krizhevsky's released code divides by n
+    "caffe": Formula(ALPHA / SIZE, 1.0),  # Caffe's reference AlexNet: alpha / n, k = 1
+}
+MODES = (*FORMULAS, "none")
+
+
+def local_response_norm(x: torch.Tensor, alpha: float, k: float, towers: int = 1) -> torch.Tensor:
+    """The formula in plain PyTorch ops, in float32 or wider: any device, any dtype, autograd for free."""
+    n, c, h, w = x.shape
+    a = x.double() if x.dtype == torch.float64 else x.float()
+    squares = a.square().reshape(n * towers, 1, c // towers, h * w)
+    # Zero-padded window of SIZE channels; avg_pool counts the padding, so avg * SIZE is the sum.
+    window = F.avg_pool2d(squares, (SIZE, 1), stride=1, padding=(SIZE // 2, 0)) * SIZE
+    d = (k + alpha * window).reshape(n, c, h, w)
+    return (a * d.pow(-BETA)).to(x.dtype)
+
+
+@functools.cache
+def cpu_kernel():
+    """The compiled AVX-512 kernel (csrc/lrn.cpp), built once per machine; None where unavailable."""
+    if os.environ.get("ALEXNET_LRN_KERNEL", "1") == "0" or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return None
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" noise
+    from torch.utils.cpp_extension import load
+
+    source = Path(__file__).with_name("csrc") / "lrn.cpp"
+    try:
+        return load("alexnet_lrn", [str(source)], extra_cflags=["-O3", "-march=native"], verbose=False)
+    except Exception as err:  # no compiler, no ninja: the plain formula still works
+        warnings.warn(f"LRN kernel not built ({type(err).__name__}); using the slower PyTorch formula",
+                      stacklevel=2)
+        return None
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last (N, C, H, W) tensor as contiguous (N*H*W, C) rows, without copying when possible."""
+    return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _unrows(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    n, c, h, w = shape
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _KernelLRN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, k, towers, relu):
+        rows = _rows(x)
+        ctx.save_for_backward(rows)
+        ctx.constants = alpha, k, towers, relu
+        return _unrows(cpu_kernel().forward(rows, alpha, k, towers, relu), x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rows,) = ctx.saved_tensors
+        alpha, k, towers, relu = ctx.constants
+        grad_rows = cpu_kernel().backward(rows, _rows(grad), alpha, BETA, k, towers, relu)
+        return _unrows(grad_rows, grad.shape), None, None, None, None
+
+
+class LRN(nn.Module):
+    """Local response normalization across channels, per tower, with a named formula (§3.3).
+
+    With relu=True the module takes the pre-activation and applies the ReLU first (§3.1: "applied
+    after applying the ReLU nonlinearity"); the kernel fuses the two, sparing the ReLU's own passes.
+    """
+
+    def __init__(self, mode: str = "paper", towers: int = 1, relu: bool = False):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown LRN formula {mode!r}; expected one of {', '.join(MODES)}")
+        self.mode, self.towers, self.relu = mode, towers, relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return F.relu(x) if self.relu else x
+        alpha, k = FORMULAS[self.mode]
+        per_tower = x.shape[1] // self.towers
+        if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and per_tower % 16 == 0
+                and cpu_kernel() is not None):
+            return _KernelLRN.apply(x, alpha, k, self.towers, self.relu)
+        return local_response_norm(F.relu(x) if self.relu else x, alpha, k, self.towers)
+
+    def extra_repr(self) -> str:
+        text = repr(self.mode)
+        if self.mode != "none":
+            alpha, k = FORMULAS[self.mode]
+            text += f", size={SIZE}, alpha={alpha:g}, beta={BETA}, k={k:g}, towers={self.towers}"
+        return text + (", relu=True" if self.relu else "")

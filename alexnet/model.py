@@ -1,0 +1,162 @@
+"""AlexNet as the paper specifies it (§3, Figure 2), its well-known variants, and its initialization (§5).
+
+    paper         two towers (conv2, conv4, conv5 see only their own tower), LRN per tower, 60,965,224 params
+    paper-1tower  the same network without towers                                          62,378,344 params
+    owt           torchvision's one-tower "one weird trick" layout and state-dict keys     61,100,840 params
+    caffenet      Caffe's reference CaffeNet: pooling before LRN, Caffe's LRN across all channels
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lrn import LRN
+
+ARCHS = ("paper", "paper-1tower", "owt", "caffenet")
+INITS = ("paper", "caffe", "torchvision")
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+class AlexNet(nn.Module):
+    """The paper's network: five convolutional and three fully connected layers (§3.5)."""
+
+    def __init__(self, num_classes: int = 1000, towers: int = 2, lrn: str = "paper", lrn_towers: int | None = None,
+                 pool_before_lrn: bool = False, dropout: float = 0.5):
+        super().__init__()
+        self.towers = towers
+        self.pool_before_lrn = pool_before_lrn
+        lrn_towers = towers if lrn_towers is None else lrn_towers
+        # §3.5: conv2, conv4 and conv5 are connected only to the kernel maps of their own tower (GPU);
+        # conv3 and the fully connected layers see both.
+        # lrn1 and lrn2 apply conv1's and conv2's ReLU themselves (fused), except when pooling comes first.
+        self.conv1 = nn.Conv2d(3, 96, 11, stride=4)
+        self.lrn1 = LRN(lrn, lrn_towers, relu=not pool_before_lrn)
+        self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=towers)
+        self.lrn2 = LRN(lrn, lrn_towers, relu=not pool_before_lrn)
+        self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
+        self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=towers)
+        self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=towers)
+        self.pool = nn.MaxPool2d(3, stride=2)  # §3.4: overlapping pooling, z = 3, s = 2
+        self.fc6 = nn.Linear(256 * 6 * 6, 4096)
+        self.fc7 = nn.Linear(4096, 4096)
+        self.fc8 = nn.Linear(4096, num_classes)
+        self.dropout = nn.Dropout(dropout)  # §4.2: on the outputs of fc6 and fc7
+
+    def _relu_norm_pool(self, lrn: LRN, x: torch.Tensor) -> torch.Tensor:
+        # §3.3: ReLU, then LRN, then pooling (the first two fused in `lrn`); CaffeNet pools before LRN.
+        if self.pool_before_lrn:
+            return lrn(self.pool(F.relu(x, inplace=True)))
+        return self.pool(lrn(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional part: 256×6×6 maps after conv5 and its pooling."""
+        x = self._relu_norm_pool(self.lrn1, self.conv1(_paper_input(x)))
+        x = self._relu_norm_pool(self.lrn2, self.conv2(x))
+        x = F.relu(self.conv3(x), inplace=True)
+        x = F.relu(self.conv4(x), inplace=True)
+        return self.pool(F.relu(self.conv5(x), inplace=True))
+
+    def forward_fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4096-d fc7 activations after ReLU, the image descriptor of §6.1."""
+        x = self.dropout(F.relu(self.fc6(torch.flatten(self.features(x), 1)), inplace=True))
+        return F.relu(self.fc7(x), inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (logits) for a batch of 3×227×227 or 3×224×224 images."""
+        return self.fc8(self.dropout(self.forward_fc7(x)))
+
+    def layers(self) -> dict[str, nn.Module]:
+        """The eight learned layers by their paper names."""
+        return {name: getattr(self, name) for name in LAYERS}
+
+    def conv1_towers(self) -> list[torch.Tensor]:
+        """conv1's kernels, one (kernels, 3, 11, 11) block per tower (Figure 3)."""
+        return list(self.conv1.weight.detach().chunk(self.towers))
+
+
+def _paper_input(x: torch.Tensor) -> torch.Tensor:
+    """Check the input; pad 224×224 right and bottom by 3, as cuda-convnet's rounding does (SPEC §1.1)."""
+    if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) not in ((224, 224), (227, 227)):
+        raise ValueError(f"AlexNet expects images of shape (N, 3, 227, 227) or (N, 3, 224, 224), "
+                         f"got {tuple(x.shape)}")
+    return F.pad(x, (0, 3, 0, 3)) if x.shape[2] == 224 else x
+
+
+class OWTAlexNet(nn.Module):
+    """torchvision's AlexNet ("one weird trick", Krizhevsky 2014): same module layout and state-dict keys."""
+
+    towers = 1
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        # Dropout before fc6 and fc7, where the paper puts it after (SPEC §1.4).
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward_fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4096-d fc7 activations after ReLU."""
+        if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 63:
+            raise ValueError(f"AlexNet (owt) expects images of shape (N, 3, H, W) with H, W >= 63, "
+                             f"got {tuple(x.shape)}")
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
+        return self.classifier[:6](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores (logits)."""
+        return self.classifier[6](self.forward_fc7(x))
+
+    def layers(self) -> dict[str, nn.Module]:
+        """The eight learned layers by their paper names."""
+        f, c = self.features, self.classifier
+        return dict(zip(LAYERS, (f[0], f[3], f[6], f[8], f[10], c[1], c[4], c[6]), strict=True))
+
+    def conv1_towers(self) -> list[torch.Tensor]:
+        """conv1's 64 kernels as one block."""
+        return [self.features[0].weight.detach()]
+
+
+def init_weights(model: nn.Module, scheme: str = "paper") -> None:
+    """§5: weights from N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6 and fc7, 0 in the others.
+
+    "caffe" is Caffe's bvlc_alexnet: biases 0.1 where the paper has 1, fc6 and fc7 weights with std
+    0.005. "torchvision" keeps PyTorch's default initialization.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"unknown initialization {scheme!r}; expected one of {', '.join(INITS)}")
+    if scheme == "torchvision":
+        return
+    one = 1.0 if scheme == "paper" else 0.1
+    for name, layer in model.layers().items():
+        std = 0.005 if scheme == "caffe" and name in ("fc6", "fc7") else 0.01
+        nn.init.normal_(layer.weight, 0.0, std)
+        nn.init.constant_(layer.bias, one if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
+
+
+def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = None,
+                init: str | None = None) -> nn.Module:
+    """One of ARCHS, initialized by `init` (default: "paper", "caffe" for caffenet, "torchvision" for owt)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    if num_classes < 1:
+        raise ValueError(f"the number of classes must be positive, got {num_classes}")
+    if arch == "owt":
+        if lrn not in (None, "none"):
+            raise ValueError("the owt architecture has no LRN layers")
+        model = OWTAlexNet(num_classes)
+    elif arch == "caffenet":
+        model = AlexNet(num_classes, towers=2, lrn=lrn or "caffe", lrn_towers=1, pool_before_lrn=True)
+    else:
+        model = AlexNet(num_classes, towers=2 if arch == "paper" else 1, lrn=lrn or "paper")
+    init_weights(model, init or {"owt": "torchvision", "caffenet": "caffe"}.get(arch, "paper"))
+    return model
