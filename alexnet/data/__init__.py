@@ -1,0 +1,1 @@
+"""The data the network learns from: image folders, labels and decoding (folders)."""

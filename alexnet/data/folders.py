@@ -1,0 +1,289 @@
+"""Image folders on disk: ImageNet's layouts, labels and class names, and robust decoding of messy files.
+
+Layouts that `list_images` reads (class index = position in the sorted list of class folder names, so for
+ImageNet tench n01440764 = 0):
+
+    ROOT/train/<class>/*  and  ROOT/val/<class>/*       ImageNet's folder layout
+    ROOT/val/ILSVRC2012_val_00000001.JPEG ...            the official flat validation folder, labelled by
+                                                         LOC_val_solution.csv (Kaggle), or by the devkit's
+                                                         ILSVRC2012_validation_ground_truth.txt + meta.mat
+    ROOT/<class>/*                                       any ImageFolder-style set: a train split, no val
+"""
+
+import csv
+import functools
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+SPLITS = ("train", "val")
+IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
+MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), about 90 million
+RESAMPLE = Image.BILINEAR  # PIL's bilinear filter, widened when shrinking (antialiased), as torchvision's Resize
+
+CSV_LABELS = "LOC_val_solution.csv"
+DEVKIT_LABELS = "ILSVRC2012_validation_ground_truth.txt"
+DEVKIT_META = "meta.mat"
+
+log = logging.getLogger("alexnet")
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """One split: image paths with their labels, and the class list the labels index."""
+
+    root: Path  # the folder the images were listed from, e.g. ROOT/train
+    paths: list[Path]
+    labels: np.ndarray  # int64, one per path: an index into `classes`
+    classes: list[str]  # class folder names (ImageNet: wnids), sorted
+    names: list[str]  # human-readable class names, same order
+    skipped: int = 0  # files without an image extension, left out when listing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def splits(root: str | Path) -> list[str]:
+    """The splits present in `root`: ["train", "val"], ["train"] for a plain ImageFolder, or ["val"]."""
+    root = _folder(root)
+    found = [split for split in SPLITS if (root / split).is_dir()]
+    return found or ["train"]
+
+
+def list_images(root: str | Path, split: str = "train", label_file: str | Path | None = None) -> ImageList:
+    """List one split of the data set in `root`, with labels; `label_file` labels a flat val folder."""
+    root = _folder(root)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    has_split_folders = any((root / s).is_dir() for s in SPLITS)
+    if split == "train":
+        if has_split_folders and not (root / "train").is_dir():
+            raise FileNotFoundError(f"no train split: {root / 'train'} is missing")
+        folder = root / "train" if has_split_folders else root
+        return _list_class_folders(folder, _class_folders(folder))
+    folder = root / "val"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no val split: {folder} is missing")
+    train_classes = _class_folders(root / "train") if (root / "train").is_dir() else None
+    if _subfolders(folder):
+        val_classes = _class_folders(folder)
+        unknown = sorted(set(val_classes) - set(train_classes or val_classes))
+        if unknown:
+            raise ValueError(f"val class folder {folder / unknown[0]} has no train class of that name")
+        return _list_class_folders(folder, train_classes or val_classes, val_classes)
+    return _list_flat_val(root, folder, train_classes or list(imagenet_classes()), label_file)
+
+
+def class_names(classes: list[str]) -> list[str]:
+    """Human-readable names: an ILSVRC-2012 wnid becomes its name (n01440764 → tench), anything else stays."""
+    known = imagenet_classes()
+    return [known.get(c, c) for c in classes]
+
+
+@functools.cache
+def imagenet_classes() -> dict[str, str]:
+    """The 1000 ILSVRC-2012 classes, wnid → name, in sorted-wnid order (the class index order)."""
+    text = resources.files("alexnet").joinpath("assets", "imagenet_classes.txt").read_text(encoding="utf-8")
+    return dict(line.split("\t") for line in text.splitlines())
+
+
+def _folder(root: str | Path) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    return root
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_folders(folder: Path) -> list[str]:
+    classes = [p.name for p in _subfolders(folder)]
+    if not classes:
+        raise ValueError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
+    return classes
+
+
+def _image_files(folder: Path) -> tuple[list[Path], int]:
+    """The image files under `folder` (any depth, sorted) and how many other files were passed over."""
+    images, others = [], 0
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .ipynb_checkpoints and the like
+        for name in files:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                images.append(Path(parent, name))
+            else:
+                others += 1
+    return sorted(images), others
+
+
+def _list_class_folders(folder: Path, classes: list[str], present: list[str] | None = None) -> ImageList:
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels, skipped = [], [], 0
+    for name in present or classes:
+        images, others = _image_files(folder / name)
+        if not images:
+            raise ValueError(f"empty class folder: {folder / name} has no image files")
+        paths += images
+        labels += [index[name]] * len(images)
+        skipped += others
+    return ImageList(folder, paths, np.array(labels, dtype=np.int64), classes, class_names(classes), skipped)
+
+
+def _list_flat_val(root: Path, folder: Path, classes: list[str], label_file: str | Path | None) -> ImageList:
+    paths, skipped = _image_files(folder)
+    if not paths:
+        raise ValueError(f"no images in {folder}")
+    wnid_of = _val_labels(root, folder, label_file)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = []
+    for path in paths:
+        wnid = wnid_of.get(path.stem)
+        if wnid is None:
+            raise ValueError(f"no label for {path} in the val label file")
+        if wnid not in index:
+            raise ValueError(f"{path} is labelled {wnid}, which is not one of the {len(classes)} classes")
+        labels.append(index[wnid])
+    return ImageList(folder, paths, np.array(labels, dtype=np.int64), classes, class_names(classes), skipped)
+
+
+def _val_labels(root: Path, folder: Path, label_file: str | Path | None) -> dict[str, str]:
+    """Image stem (ILSVRC2012_val_00000001) → wnid, from the given label file or one found near the data."""
+    places = [root, folder, *sorted(root.glob("*devkit*/data")), *sorted(root.glob("*devkit*"))]
+    if label_file is None:
+        found = [p / name for name in (CSV_LABELS, DEVKIT_LABELS) for p in places if (p / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"flat val folder {folder} has no label file: put {CSV_LABELS} or the devkit's "
+                                    f"{DEVKIT_LABELS} with {DEVKIT_META} in {root}, or name one")
+        label_file = found[0]
+    label_file = Path(label_file).expanduser()
+    if not label_file.is_file():
+        raise FileNotFoundError(f"val label file not found: {label_file}")
+    if label_file.suffix.lower() == ".csv":
+        return _csv_labels(label_file)
+    metas = [p / DEVKIT_META for p in (label_file.parent, *places) if (p / DEVKIT_META).is_file()]
+    if not metas:
+        raise FileNotFoundError(f"{label_file} needs the devkit's {DEVKIT_META} (ILSVRC2012_ID → wnid) beside it")
+    wnid_of_id = _devkit_wnids(metas[0])
+    labels = {}
+    for number, line in enumerate(label_file.read_text().split(), start=1):  # line n labels ILSVRC2012_val_n
+        if not line.isdigit() or int(line) not in wnid_of_id:
+            raise ValueError(f"{label_file}, line {number}: {line!r} is not an ILSVRC2012_ID of {metas[0]}")
+        labels[f"ILSVRC2012_val_{number:08d}"] = wnid_of_id[int(line)]
+    return labels
+
+
+def _csv_labels(path: Path) -> dict[str, str]:
+    """Kaggle's LOC_val_solution.csv: ImageId,PredictionString; the first token of the prediction is the wnid."""
+    with path.open(newline="") as f:
+        rows = csv.DictReader(f)
+        if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
+            raise ValueError(f"{path} is not a LOC_val_solution.csv: expected columns ImageId,PredictionString")
+        labels = {row["ImageId"]: (row["PredictionString"] or "").split()[:1] for row in rows}
+    empty = [image for image, wnid in labels.items() if not wnid]
+    if empty:
+        raise ValueError(f"{path}: no wnid in the PredictionString of {empty[0]}")
+    return {image: wnid[0] for image, wnid in labels.items()}
+
+
+def _devkit_wnids(meta: Path) -> dict[int, str]:
+    """The devkit's meta.mat: ILSVRC2012_ID (1..1000, not in sorted-wnid order) → wnid."""
+    from scipy.io import loadmat
+
+    synsets = loadmat(str(meta), squeeze_me=True)["synsets"]
+    ids, wnids = np.ravel(synsets["ILSVRC2012_ID"]), np.ravel(synsets["WNID"])
+    return {int(i): str(w) for i, w in zip(ids, wnids, strict=True) if 1 <= i <= 1000}  # above 1000: inner nodes
+
+
+class BadImageError(ValueError):
+    """A file that cannot be used as an image; `reason` is a short category such as "truncated"."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(path, reason)
+        self.path = Path(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class BadFiles:
+    """A tally of the files refused while reading: one warning line for each, one summary line at the end."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, path: str | Path, reason: str) -> None:
+        """Count a refused file and log one warning line naming it."""
+        self.counts[reason] += 1
+        log.warning("skipped %s: %s", path, reason)
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """One line with the number of files skipped for each reason."""
+        if not self.counts:
+            return "no bad files"
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        return f"{len(self)} bad file{'s' if len(self) > 1 else ''} skipped: {reasons}"
+
+
+def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file to RGB (from CMYK, grayscale, palette, any format PIL reads), or raise BadImageError."""
+    return _decode(Path(path), max_pixels)[0]
+
+
+def preprocess(path: str | Path, size: int = 256, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode, rescale so the shorter side is `size`, crop the central size×size: uint8 array (size, size, 3)."""
+    # SPEC §3 (paper §2): rescale the shorter side to 256, then crop out the central 256×256 patch.
+    im, (w, h) = _decode(Path(path), max_pixels, draft_side=size)
+    rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    left, top = (rw - size) // 2, (rh - size) // 2
+    # Resampling only the crop's box computes exactly the crop's pixels of the whole resized image.
+    box = (left * w / rw, top * h / rh, (left + size) * w / rw, (top + size) * h / rh)
+    return np.array(im.resize((size, size), RESAMPLE, box=box))
+
+
+def _decode(path: Path, max_pixels: int, draft_side: int | None = None) -> tuple[Image.Image, tuple[float, float]]:
+    """An RGB image and the whole picture's size in its pixels; a JPEG decodes at 1/2, 1/4 or 1/8 scale
+    (draft mode) where its shorter side stays at least `draft_side`, which is much faster for large photos."""
+    try:
+        f = path.open("rb")
+    except OSError as err:
+        raise BadImageError(path, "unreadable") from err
+    with f:
+        try:
+            with warnings.catch_warnings():  # PIL warns above its own limit; `max_pixels` decides instead
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(f)
+        except Image.DecompressionBombError as err:
+            raise BadImageError(path, "too many pixels") from err
+        except UnidentifiedImageError as err:
+            raise BadImageError(path, "empty file" if f.seek(0, os.SEEK_END) == 0 else "not an image") from err
+        except Exception as err:  # a damaged file can raise almost anything inside PIL's plugins
+            raise BadImageError(path, _damage(err)) from err
+        size: tuple[float, float] = im.size
+        if size[0] * size[1] > max_pixels:  # from the header, before decoding: decompression bombs
+            raise BadImageError(path, "too many pixels")
+        if draft_side is not None and im.format == "JPEG":
+            drafted = im.draft(None, (draft_side, draft_side))
+            if drafted is not None:
+                size = drafted[1][2:]  # the whole picture's (width, height) at the reduced scale
+        try:
+            im.load()
+            return (im if im.mode == "RGB" else im.convert("RGB")), size
+        except Exception as err:
+            raise BadImageError(path, _damage(err)) from err
+
+
+def _damage(err: Exception) -> str:
+    return "truncated" if "truncated" in str(err).lower() else "corrupt"
