@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from alexnet.data.folders import (
+    DEFAULT_DATA,
     BadFiles,
     BadImageError,
     class_names,
@@ -367,3 +368,25 @@ def test_val_folder_missing_a_class_keeps_the_train_indices(tmp_path):
     save_jpeg(tmp_path / "val" / "c" / "1.JPEG", gradient(8, 8))
     val = list_images(tmp_path, "val")
     assert val.classes == ["a", "b", "c"] and list(val.labels) == [2]
+
+
+# --- the built-in default data set ------------------------------------------------------------------------------
+
+def test_default_data_is_small_balanced_imagenette_in_both_splits():
+    files = [p for p in DEFAULT_DATA.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 6_000_000
+    assert (DEFAULT_DATA / "README.txt").is_file()
+    assert splits(DEFAULT_DATA) == ["train", "val"]
+    train, val = list_images(DEFAULT_DATA, "train"), list_images(DEFAULT_DATA, "val")
+    assert train.classes == val.classes == IMAGENETTE and train.names[0] == "tench"
+    assert np.bincount(train.labels).tolist() == [len(train) // 10] * 10
+    assert np.bincount(val.labels).tolist() == [len(val) // 10] * 10 and len(val) >= 200
+    assert not set(p.name for p in train.paths) & set(p.name for p in val.paths)
+    assert train.skipped == val.skipped == 0
+
+
+def test_default_data_photos_all_preprocess_to_256_rgb():
+    for split in ("train", "val"):
+        for path in list_images(DEFAULT_DATA, split).paths:
+            out = preprocess(path)
+            assert out.shape == (256, 256, 3) and out.std() > 10, path
