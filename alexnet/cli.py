@@ -19,6 +19,13 @@ def _summary(args: argparse.Namespace) -> None:
     print(table)
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    from .data.store import prepare
+
+    prepare(args.src, args.dst, size=args.size, shard_size=args.shard_size, workers=args.workers,
+            label_file=args.labels)
+
+
 def _parser() -> argparse.ArgumentParser:
     from .lrn import MODES
 
@@ -35,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=227, help="input height and width")
     p.add_argument("--lrn", choices=MODES, default=None, help="LRN formula (default: the architecture's own)")
     p.set_defaults(run=_summary)
+
+    p = commands.add_parser("prepare", formatter_class=fmt, help="preprocess an image folder into a fast store",
+                            description="Rescale every image's shorter side to 256 and keep the central 256×256 "
+                                        "(§2), into uint8 shards; compute the training set's mean image and RGB "
+                                        "PCA. An interrupted run finishes when started again.")
+    p.add_argument("src", help="image folder: ROOT/train/<class>/*, ROOT/val/..., or ROOT/<class>/*")
+    p.add_argument("dst", help="store folder to write")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per shard file")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core)")
+    p.add_argument("--labels", default=None, help="label file of a flat validation folder (default: found in SRC)")
+    p.add_argument("--size", type=int, default=256, help="side of the stored square images")
+    p.set_defaults(run=_prepare)
     return parser
 
 

@@ -7,16 +7,13 @@ reading is a named formula. In the two-tower network each tower normalizes its o
 window never crosses the tower boundary.
 """
 
-import functools
-import logging
-import os
-import warnings
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .kernels import cpu_kernels
 
 SIZE, ALPHA, BETA = 5, 1e-4, 0.75
 
@@ -47,21 +44,10 @@ def local_response_norm(x: torch.Tensor, alpha: float, k: float, towers: int = 1
     return (a * d.pow(-BETA)).to(x.dtype)
 
 
-@functools.cache
 def cpu_kernel():
-    """The compiled AVX-512 kernel (csrc/lrn.cpp), built once per machine; None where unavailable."""
-    if os.environ.get("ALEXNET_LRN_KERNEL", "1") == "0" or torch.backends.cpu.get_cpu_capability() != "AVX512":
-        return None
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" noise
-    from torch.utils.cpp_extension import load
-
-    source = Path(__file__).with_name("csrc") / "lrn.cpp"
-    try:
-        return load("alexnet_lrn", [str(source)], extra_cflags=["-O3", "-march=native"], verbose=False)
-    except Exception as err:  # no compiler, no ninja: the plain formula still works
-        warnings.warn(f"LRN kernel not built ({type(err).__name__}); using the slower PyTorch formula",
-                      stacklevel=2)
-        return None
+    """The fused LRN kernel (csrc/lrn.cpp, AVX-512), or None where this CPU or build lacks it."""
+    kernels = cpu_kernels()
+    return kernels if kernels is not None and hasattr(kernels, "lrn_forward") else None
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -80,13 +66,13 @@ class _KernelLRN(torch.autograd.Function):
         rows = _rows(x)
         ctx.save_for_backward(rows)
         ctx.constants = alpha, k, towers, relu
-        return _unrows(cpu_kernel().forward(rows, alpha, k, towers, relu), x.shape)
+        return _unrows(cpu_kernel().lrn_forward(rows, alpha, k, towers, relu), x.shape)
 
     @staticmethod
     def backward(ctx, grad):
         (rows,) = ctx.saved_tensors
         alpha, k, towers, relu = ctx.constants
-        grad_rows = cpu_kernel().backward(rows, _rows(grad), alpha, BETA, k, towers, relu)
+        grad_rows = cpu_kernel().lrn_backward(rows, _rows(grad), alpha, BETA, k, towers, relu)
         return _unrows(grad_rows, grad.shape), None, None, None, None
 
 

@@ -1,0 +1,251 @@
+"""`alexnet prepare`: the paper's preprocessing done once, into a store built for fast training (§2, §4.1).
+
+Every image is decoded once, its shorter side rescaled to 256 and the central 256×256 kept (§2), and
+written as raw uint8 RGB into shards that training reads as memory maps. The same pass accumulates,
+over the training split, the mean image (in float64) and the 3×3 covariance of the RGB values of all
+pixels, whose eigen-decomposition drives the colour noise (§4.1).
+
+The store, a folder:
+
+    plan.json                    what is being prepared: the source files, labels and shard ranges
+    train/images-00000.npy       uint8 (n, 256, 256, 3), NumPy .npy format, up to `shard_size` images
+    train/shard-00000.npz        that shard's labels, source files and pixel statistics; written after
+                                 the images, so a shard without it is unfinished and is redone
+    train/...                    more shards; val/ likewise
+    mean.npy                     float64 (256, 256, 3): the mean image of the train split
+    rgb.npz                      eigval (3,), eigvec (3, 3) (columns), cov (3, 3), mean (3,): RGB PCA
+    store.json                   written last: the store is complete exactly when this file exists
+
+Run again on the same source, `prepare` finishes what an interrupted run left (finished shards are
+kept); on a changed source it starts over. A multi-node run can copy or split the shards.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augment import Recipe
+from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
+
+VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and a rename: the file is there whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | None], tuple]:
+    """In a worker: preprocess consecutive files into their rows of the shard; return the reason each
+    refused file was refused (None where it was written) and the sums the statistics need."""
+    shard_path, first, files, size, train = job
+    shard = np.load(shard_path, mmap_mode="r+")
+    image_sum, pixel_sum, pixel_outer = np.zeros((size, size, 3)), np.zeros(3), np.zeros((3, 3))
+    reasons: list[str | None] = []
+    for row, path in enumerate(files, first):
+        try:
+            image = preprocess(path, size, MAX_PIXELS)
+        except BadImageError as err:
+            reasons.append(err.reason)
+            continue
+        shard[row] = image
+        reasons.append(None)
+        if train:
+            image_sum += image
+            pixels = np.ascontiguousarray(image.reshape(-1, 3).T, dtype=np.float64)  # (3, H·W): exact sums
+            pixel_sum += pixels.sum(1)
+            pixel_outer += pixels @ pixels.T
+    shard.flush()
+    return reasons, (image_sum, pixel_sum, pixel_outer)
+
+
+def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) -> dict:
+    lists: dict[str, ImageList] = {split: list_images(src, split, label_file) for split in splits(src)}
+    plan = {"version": VERSION, "source": str(src.resolve()), "size": size, "shard_size": shard_size, "splits": {}}
+    for split, images in lists.items():
+        plan["splits"][split] = {
+            "files": [str(p) for p in images.paths], "labels": images.labels.tolist(),
+            "classes": images.classes, "names": images.names, "not_images": images.skipped,
+        }
+    plan["digest"] = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    return plan
+
+
+def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int = 4096, workers: int | None = None,
+            label_file: str | Path | None = None, progress: bool = True) -> "Store":
+    """Preprocess every split of the image folder `src` into the store `dst` on all cores (see above)."""
+    from tqdm import tqdm
+
+    src, dst = Path(src), Path(dst)
+    plan = _plan(src, size, shard_size, label_file)
+    if (dst / "store.json").is_file() and json.loads((dst / "store.json").read_text())["digest"] == plan["digest"]:
+        print(f"{dst} is already prepared from {src}")
+        return Store(dst)
+    if dst.is_dir() and any(dst.iterdir()):
+        if not (dst / "plan.json").is_file():
+            raise ValueError(f"{dst} is not empty and is not an alexnet store; choose another destination")
+        if json.loads((dst / "plan.json").read_text()).get("digest") != plan["digest"]:
+            print(f"{dst} was prepared from other files: starting over")
+            shutil.rmtree(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    _write_json(dst / "plan.json", plan)
+
+    bad = BadFiles()
+    workers = workers or len(os.sched_getaffinity(0))
+    stats = {}
+    with multiprocessing.Pool(workers) as pool:
+        for split, part in plan["splits"].items():
+            (dst / split).mkdir(exist_ok=True)
+            files, labels = part["files"], part["labels"]
+            bar = tqdm(total=len(files), desc=f"prepare {split}", unit="img", disable=not progress, smoothing=0.1)
+            shards = []
+            for first in range(0, len(files), shard_size):
+                marker = dst / split / f"shard-{first // shard_size:05d}.npz"
+                if not marker.is_file():
+                    _write_shard(pool, files[first:first + shard_size], labels[first:first + shard_size],
+                                 size, marker, split == "train", bad, bar)
+                else:
+                    bar.update(min(shard_size, len(files) - first))
+                shards.append(marker)
+            bar.close()
+            stats[split] = _finish_split(dst / split, shards, size, split == "train")
+    if "train" in stats:
+        _write_statistics(dst, *stats["train"])
+    counts = {split: int(np.load(dst / split / "labels.npy").shape[0]) for split in plan["splits"]}
+    _write_json(dst / "store.json", {"version": VERSION, "digest": plan["digest"], "counts": counts,
+                                     "bad_files": dict(bad.counts)})
+    print(f"prepared {', '.join(f'{n} {s}' for s, n in counts.items())} images into {dst}; {bad.summary()}")
+    return Store(dst)
+
+
+def _write_shard(pool, files: list[str], labels: list[int], size: int, marker: Path, train: bool, bad: BadFiles,
+                 bar, chunk: int = 32) -> None:
+    """Decode one shard's files on all workers straight into the shard, then write its marker."""
+    images_path = marker.with_name(marker.name.replace("shard-", "images-").replace(".npz", ".npy"))
+    partial = images_path.with_name(images_path.stem + ".partial.npy")
+    np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
+    jobs = [(str(partial), i, files[i:i + chunk], size, train) for i in range(0, len(files), chunk)]
+    sums = [np.zeros((size, size, 3)), np.zeros(3), np.zeros((3, 3))]
+    kept = []
+    for (_, first, chunk_files, _, _), (reasons, chunk_sums) in zip(jobs, pool.imap(_load_chunk, jobs), strict=True):
+        for row, (path, reason) in enumerate(zip(chunk_files, reasons, strict=True), first):
+            if reason is None:
+                kept.append(row)
+            else:
+                bad.add(path, reason)
+        for total, part in zip(sums, chunk_sums, strict=True):
+            total += part
+        bar.update(len(chunk_files))
+        if len(bad):
+            bar.set_postfix(bad=len(bad))
+    if len(kept) < len(files):  # refused files left empty rows: keep the written ones, in order
+        written = np.load(partial, mmap_mode="r")
+        np.save(partial, written[kept])
+    partial.replace(images_path)
+    _atomic_write(marker, lambda f: np.savez(
+        f, labels=np.array(labels, np.int64)[kept], files=np.array(files)[kept],
+        image_sum=sums[0], pixel_sum=sums[1], pixel_outer=sums[2]))
+
+
+def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> tuple:
+    """Gather the shards' labels and file lists; sum their statistics."""
+    labels, files = [], []
+    image_sum, pixel_sum, pixel_outer = np.zeros((size, size, 3)), np.zeros(3), np.zeros((3, 3))
+    for marker in shards:
+        with np.load(marker) as shard:
+            labels.append(shard["labels"])
+            files += shard["files"].tolist()
+            if train:
+                image_sum += shard["image_sum"]
+                pixel_sum += shard["pixel_sum"]
+                pixel_outer += shard["pixel_outer"]
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    _atomic_write(folder / "labels.npy", lambda f: np.save(f, labels))
+    _atomic_write(folder / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
+    return len(labels), image_sum, pixel_sum, pixel_outer
+
+
+def _write_statistics(dst: Path, count: int, image_sum: np.ndarray, pixel_sum: np.ndarray,
+                      pixel_outer: np.ndarray) -> None:
+    """§2: the mean image; §4.1: the eigen-decomposition of the RGB covariance over all training pixels."""
+    if count == 0:
+        raise ValueError("the training split has no usable images")
+    pixels = count * image_sum.shape[0] * image_sum.shape[1]
+    rgb_mean = pixel_sum / pixels
+    cov = pixel_outer / pixels - np.outer(rgb_mean, rgb_mean)
+    eigval, eigvec = np.linalg.eigh(cov)
+    _atomic_write(dst / "mean.npy", lambda f: np.save(f, image_sum / count))
+    _atomic_write(dst / "rgb.npz", lambda f: np.savez(f, eigval=eigval, eigvec=eigvec, cov=cov, mean=rgb_mean))
+
+
+@dataclass
+class StoreSplit:
+    """One split of a store: its images as memory maps, with labels, classes and source files."""
+
+    shards: list[np.ndarray]
+    labels: np.ndarray
+    files: list[str]
+    classes: list[str]
+    names: list[str]
+
+    def __post_init__(self):
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """The images at `indices` (any order), uint8 (len, 256, 256, 3)."""
+        out = np.empty((len(indices), *self.shards[0].shape[1:]), np.uint8)
+        shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
+        for s in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == s)
+            local = indices[rows] - self.offsets[s]
+            order = np.argsort(local)  # in file order: sequential reads where the batch allows
+            out[rows[order]] = self.shards[s][local[order]]
+        return out
+
+
+class Store:
+    """A complete store made by `prepare`; refuses an unfinished one."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "store.json").is_file():
+            why = "an unfinished store: run `alexnet prepare` again to finish it" if (
+                self.path / "plan.json").is_file() else "not a store made by `alexnet prepare`"
+            raise ValueError(f"{self.path} is {why}")
+        self.plan = json.loads((self.path / "plan.json").read_text())
+        self.splits = list(self.plan["splits"])
+
+    def split(self, name: str) -> StoreSplit:
+        """The split `name` ("train" or "val")."""
+        if name not in self.splits:
+            raise ValueError(f"{self.path} has no {name} split (it has: {', '.join(self.splits)})")
+        folder, part = self.path / name, self.plan["splits"][name]
+        shards = [np.load(p, mmap_mode="r") for p in sorted(folder.glob("images-*.npy"))]
+        shards = [s for s in shards if len(s)] or shards[:1]
+        files = (folder / "files.txt").read_text().splitlines()
+        return StoreSplit(shards, np.load(folder / "labels.npy"), files, part["classes"], part["names"])
+
+    def recipe(self) -> Recipe:
+        """The training split's mean image and RGB principal components."""
+        with np.load(self.path / "rgb.npz") as rgb:
+            eigval, eigvec = torch.from_numpy(rgb["eigval"]), torch.from_numpy(rgb["eigvec"])
+        return Recipe(torch.from_numpy(np.load(self.path / "mean.npy")), eigval, eigvec)

@@ -1,0 +1,97 @@
+"""The paper's SGD update rule and its learning-rate schedule, with the common alternatives (paper §5)."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SCHEDULES = ("plateau", "step", "cosine")
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """§5 exactly: v ← momentum·v − weight_decay·lr·w − lr·∂L/∂w;  w ← w + v.
+
+    The velocity carries the learning rate, so right after a learning-rate drop the step differs
+    from torch.optim.SGD's (whose buffer does not); while the rate is constant the two are identical.
+    """
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient."""
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            velocity = [self.state[p].setdefault("velocity", torch.zeros_like(p)) for p in params]
+            lr = group["lr"]
+            torch._foreach_mul_(velocity, group["momentum"])
+            torch._foreach_add_(velocity, params, alpha=-group["weight_decay"] * lr)
+            torch._foreach_add_(velocity, [p.grad for p in params], alpha=-lr)
+            torch._foreach_add_(params, velocity)
+        return loss
+
+
+def build_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """"paper" (the update rule above) or "sgd" (torch.optim.SGD with the same hyper-parameters)."""
+    if name == "paper":
+        return PaperSGD(params, lr, momentum, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected paper or sgd")
+
+
+@dataclass
+class Schedule:
+    """The learning rate by epoch: the paper's divide-by-10-on-plateau, or step or cosine, with a warm-up.
+
+    plateau (§5): divide by 10 when the validation error has not improved by `min_delta` for
+    `patience` epochs, at most `max_drops` times (the paper: three). step: divide by 10 every
+    `step_size` epochs (the PyTorch ImageNet example: 30). cosine: from lr to 0 over `epochs`.
+    Warm-up: linear from lr / (warm-up steps) to lr over the first `warmup_epochs`.
+    """
+
+    kind: str = "plateau"
+    lr: float = 0.01
+    epochs: int = 90
+    warmup_epochs: float = 0.0
+    step_size: int = 30
+    patience: int = 2
+    min_delta: float = 0.0
+    max_drops: int = 3
+    steps_per_epoch: int = 1
+    drops: int = 0
+    best: float = math.inf
+    bad_epochs: int = 0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}")
+
+    def rate(self, epoch: float) -> float:
+        """The learning rate of the step that starts at a (fractional) epoch, counted from 0."""
+        if self.kind == "plateau":
+            lr = self.lr * 0.1**self.drops
+        elif self.kind == "step":
+            lr = self.lr * 0.1 ** (int(epoch) // self.step_size)
+        else:
+            lr = self.lr * 0.5 * (1 + math.cos(math.pi * min(epoch / self.epochs, 1.0)))
+        if epoch < self.warmup_epochs:
+            lr *= (epoch * self.steps_per_epoch + 1) / (self.warmup_epochs * self.steps_per_epoch)
+        return lr
+
+    def end_epoch(self, val_error: float) -> bool:
+        """Record an epoch's validation error; True when the plateau rule just divided the rate."""
+        if self.kind != "plateau":
+            return False
+        if val_error < self.best - self.min_delta:
+            self.best, self.bad_epochs = val_error, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs < self.patience or self.drops >= self.max_drops:
+            return False
+        self.drops, self.bad_epochs = self.drops + 1, 0
+        return True

@@ -1,0 +1,145 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data.augment import center_crop
+from alexnet.data.folders import list_images
+from alexnet.data.store import Store, prepare
+
+
+@pytest.fixture
+def photos(shared_data, tmp_path):
+    """A small ImageNet-layout folder of real photos: 4 classes, 6 train and 2 val images each."""
+    root = tmp_path / "photos"
+    for split, count in (("train", 6), ("val", 2)):
+        for wnid in sorted(p.name for p in (shared_data / "imagenette-mini" / split).iterdir())[:4]:
+            (root / split / wnid).mkdir(parents=True)
+            for f in sorted((shared_data / "imagenette-mini" / split / wnid).iterdir())[:count]:
+                shutil.copy(f, root / split / wnid / f.name)
+    # a full-size photo of another shape, to exercise the resize
+    big = sorted((shared_data / "imagenet-samples").iterdir())[0]
+    shutil.copy(big, root / "train" / big.name.split("_")[0] / "big.JPEG")
+    return root
+
+
+def by_hand(path) -> np.ndarray:
+    """§2 done directly with PIL: shorter side to 256 (bilinear), central 256×256."""
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    s = 256 / min(w, h)
+    im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BILINEAR)
+    left, top = (im.width - 256) // 2, (im.height - 256) // 2
+    return np.asarray(im.crop((left, top, left + 256, top + 256)))
+
+
+def test_store_holds_every_image_with_its_label(photos, tmp_path):
+    store = prepare(photos, tmp_path / "store", shard_size=5, workers=2, progress=False)
+    for split, n in (("train", 25), ("val", 8)):
+        listed, part = list_images(photos, split), store.split(split)
+        assert len(part) == n and part.classes == listed.classes
+        assert part.files == [str(p) for p in listed.paths]
+        assert part.labels.tolist() == listed.labels.tolist()
+    train = store.split("train")
+    assert len(train.shards) == 5  # 25 images in shards of 5
+
+
+def test_store_crop_equals_the_crop_taken_from_the_jpeg_by_hand(photos, tmp_path):
+    store = prepare(photos, tmp_path / "store", workers=1, progress=False)
+    train = store.split("train")
+    for i in (0, train.files.index(str(photos / "train" / "n01440764" / "big.JPEG"))):
+        expected = by_hand(train.files[i]).astype(float)
+        stored = train.read(np.array([i]))[0].astype(float)
+        assert stored.shape == (256, 256, 3)
+        assert np.abs(stored - expected).mean() < 0.5 and np.abs(stored - expected).max() <= 2
+        # and the centre crop the network sees is that image minus the mean image there
+        recipe = store.recipe()
+        crop = center_crop(torch.from_numpy(stored[None].astype(np.uint8)), recipe)[0]
+        assert torch.allclose(crop, (torch.from_numpy(stored[16:240, 16:240]).float()
+                                     - recipe.mean[16:240, 16:240]).permute(2, 0, 1), atol=1e-3)
+
+
+def test_mean_image_and_rgb_pca_equal_a_direct_numpy_computation(photos, tmp_path):
+    store = prepare(photos, tmp_path / "store", shard_size=7, workers=2, progress=False)
+    train = store.split("train")
+    images = train.read(np.arange(len(train))).astype(np.float64)
+    mean = np.load(tmp_path / "store" / "mean.npy")
+    assert np.abs(mean - images.mean(0)).max() / images.mean(0).max() <= 1e-6
+    cov = np.cov(images.reshape(-1, 3).T, bias=True)
+    eigval, eigvec = np.linalg.eigh(cov)
+    recipe = store.recipe()
+    assert np.allclose(recipe.eigval.double().numpy(), eigval, rtol=1e-6)
+    for i in range(3):  # eigenvectors are defined up to sign
+        assert abs(abs(recipe.eigvec[:, i].double().numpy() @ eigvec[:, i]) - 1) < 1e-6
+    # the validation split leaves the statistics alone
+    assert len(store.split("val")) == 8
+
+
+def test_bad_files_are_skipped_counted_and_do_not_shift_labels(photos, tmp_path, caplog):
+    cls = photos / "train" / "n01440764"
+    (cls / "empty.JPEG").write_bytes(b"")
+    (cls / "notes.JPEG").write_text("not a picture")
+    good = sorted(cls.glob("*.JPEG"))[0]
+    (cls / "cut.JPEG").write_bytes(good.read_bytes()[:600])
+    store = prepare(photos, tmp_path / "store", shard_size=4, workers=2, progress=False)
+    train = store.split("train")
+    assert len(train) == 25
+    assert not any(f.endswith(("empty.JPEG", "notes.JPEG", "cut.JPEG")) for f in train.files)
+    for f, label in zip(train.files, train.labels, strict=True):
+        assert train.classes[label] == os.path.basename(os.path.dirname(f))
+    assert sum("skipped" in r.message for r in caplog.records) == 3
+    assert (tmp_path / "store" / "store.json").read_text().count("\n") > 0
+
+
+def test_prepared_store_is_not_prepared_twice_and_a_changed_source_starts_over(photos, tmp_path, capsys):
+    prepare(photos, tmp_path / "store", workers=1, progress=False)
+    prepare(photos, tmp_path / "store", workers=1, progress=False)
+    assert "already prepared" in capsys.readouterr().out
+    shutil.rmtree(photos / "val" / sorted(os.listdir(photos / "val"))[0])
+    store = prepare(photos, tmp_path / "store", workers=1, progress=False)
+    assert "starting over" in capsys.readouterr().out and len(store.split("val")) == 6
+
+
+def test_a_foreign_destination_is_refused(photos, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not an alexnet store"):
+        prepare(photos, tmp_path / "mine", workers=1, progress=False)
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
+    with pytest.raises(ValueError, match="not a store made by"):
+        Store(tmp_path / "mine")
+
+
+def test_a_store_killed_mid_write_is_detected_and_finished(tmp_path):
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (src / "train" / f"class{c}").mkdir(parents=True)
+        for i in range(60):
+            pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(src / "train" / f"class{c}" / f"{i:03d}.jpg", quality=95)
+    dst = tmp_path / "store"
+    cmd = [sys.executable, "-m", "alexnet", "prepare", str(src), str(dst), "--shard-size", "10", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((dst / "train").glob("shard-*.npz")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((dst / "train").glob("shard-*.npz")))
+    assert 1 <= done < 18, "the kill should land mid-way"
+    with pytest.raises(ValueError, match="unfinished store"):
+        Store(dst)
+    resumed = prepare(src, dst, shard_size=10, workers=2, progress=False)
+    fresh = prepare(src, tmp_path / "fresh", shard_size=10, workers=2, progress=False)
+    a, b = resumed.split("train"), fresh.split("train")
+    assert len(a) == len(b) == 180 and a.labels.tolist() == b.labels.tolist()
+    assert np.array_equal(a.read(np.arange(180)), b.read(np.arange(180)))
+    assert torch.equal(resumed.recipe().mean, fresh.recipe().mean)
