@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read with torch.load(weights_only=True), checked before use."""
 
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -20,6 +21,18 @@ def save(path: Path, state: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def copy(src: Path, dst: Path) -> None:
+    """Make `dst` a copy of the checkpoint `src`: a hard link where the file system has them (no bytes
+    written; a later save of `src` replaces it by rename and leaves `dst` alone), else a real copy."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    tmp.replace(dst)
 
 
 def load(path: str | Path) -> dict:

@@ -1,6 +1,7 @@
 """The C++ kernels of the CPU hot paths (csrc/), compiled by PyTorch on first use and cached per machine."""
 
 import functools
+import hashlib
 import logging
 import os
 import platform
@@ -26,9 +27,15 @@ def cpu_kernels() -> ModuleType | None:
 
     flags = ["-O3"] + (["-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else [])
     threads = ["-fopenmp"] if sys.platform.startswith("linux") else []  # at::parallel_for runs on OpenMP
-    sources = [str(Path(__file__).with_name("csrc") / name) for name in SOURCES]
+    sources = [Path(__file__).with_name("csrc") / name for name in SOURCES]
+    # One build per version of the sources and flags, so that two installs never rebuild over each other.
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + " ".join(flags).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    build = root / f"alexnet_cpu_{digest}"
+    build.mkdir(parents=True, exist_ok=True)
     try:
-        return load("alexnet_cpu", sources, extra_cflags=flags + threads, extra_ldflags=threads, verbose=False)
+        return load(f"alexnet_cpu_{digest}", [str(p) for p in sources], extra_cflags=flags + threads,
+                    extra_ldflags=threads, build_directory=str(build), verbose=False)
     except Exception as err:  # no compiler, no ninja, an unusual platform
         warnings.warn(f"CPU kernels not built ({type(err).__name__}: {str(err)[:200]}); "
                       "using plain PyTorch ops, which are slower", stacklevel=2)

@@ -143,8 +143,8 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
         nn.init.constant_(layer.bias, one if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
 
 
-def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = None,
-                init: str | None = None) -> nn.Module:
+def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = None, init: str | None = None,
+                dropout: float = 0.5) -> nn.Module:
     """One of ARCHS, initialized by `init` (default: "paper", "caffe" for caffenet, "torchvision" for owt)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
@@ -153,10 +153,10 @@ def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = 
     if arch == "owt":
         if lrn not in (None, "none"):
             raise ValueError("the owt architecture has no LRN layers")
-        model = OWTAlexNet(num_classes)
+        model = OWTAlexNet(num_classes, dropout)
     elif arch == "caffenet":
-        model = AlexNet(num_classes, towers=2, lrn=lrn or "caffe", lrn_towers=1, pool_before_lrn=True)
+        model = AlexNet(num_classes, 2, lrn or "caffe", lrn_towers=1, pool_before_lrn=True, dropout=dropout)
     else:
-        model = AlexNet(num_classes, towers=2 if arch == "paper" else 1, lrn=lrn or "paper")
+        model = AlexNet(num_classes, 2 if arch == "paper" else 1, lrn or "paper", dropout=dropout)
     init_weights(model, init or {"owt": "torchvision", "caffenet": "caffe"}.get(arch, "paper"))
     return model

@@ -1,9 +1,11 @@
-"""Process-wide settings that make PyTorch fast on the CPU."""
+"""Process-wide settings that make PyTorch fast, and the choice of device and precision."""
 
 import ctypes
 import ctypes.util
 import functools
 import sys
+
+import torch
 
 
 @functools.cache
@@ -22,3 +24,37 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):  # not glibc (musl) or no libc to load
         return False
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """"auto": the GPU when there is one, else the CPU; or any name torch.device accepts."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available")
+    return device
+
+
+def choose_precision(name: str, device: torch.device) -> str:
+    """Resolve "auto": bf16 on a GPU that has it and on CPUs with AMX; float32 elsewhere, where
+    bf16 arithmetic is slower than float32 (as on AVX-512 CPUs without AMX, measured in the README)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    amx = getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if amx else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of a precision ("fp32" disables it)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")

@@ -100,7 +100,7 @@ def test_bad_files_are_skipped_counted_and_do_not_shift_labels(photos, tmp_path,
 
 def test_prepared_store_is_not_prepared_twice_and_a_changed_source_starts_over(photos, tmp_path, capsys):
     prepare(photos, tmp_path / "store", workers=1, progress=False)
-    prepare(photos, tmp_path / "store", workers=1, progress=False)
+    prepare(photos, tmp_path / "store", workers=1, progress=True)
     assert "already prepared" in capsys.readouterr().out
     shutil.rmtree(photos / "val" / sorted(os.listdir(photos / "val"))[0])
     store = prepare(photos, tmp_path / "store", workers=1, progress=False)

@@ -10,12 +10,33 @@ have seen. Under DDP each global batch is cut into one contiguous slice per proc
 import queue
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .folders import BadFiles, BadImageError, ImageList, preprocess
-from .store import StoreSplit
+from .folders import DEFAULT_DATA, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
+from .store import Store, StoreSplit
+
+
+def open_split(data: str | Path | None, split: str) -> StoreSplit | ImageList:
+    """A split of a store (made by `alexnet prepare`) or of an image folder; the built-in photos for None."""
+    root = Path(data) if data is not None else DEFAULT_DATA
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if is_store(root):
+        return Store(root).split(split)
+    return list_images(root, split)
+
+
+def split_names(data: str | Path) -> list[str]:
+    """The splits a store or an image folder has ("train", "val")."""
+    return Store(data).splits if is_store(data) else splits(data)
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is a store folder, finished or not."""
+    return (Path(path) / "store.json").is_file() or (Path(path) / "plan.json").is_file()
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

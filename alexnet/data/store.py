@@ -95,7 +95,8 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
     src, dst = Path(src), Path(dst)
     plan = _plan(src, size, shard_size, label_file)
     if (dst / "store.json").is_file() and json.loads((dst / "store.json").read_text())["digest"] == plan["digest"]:
-        print(f"{dst} is already prepared from {src}")
+        if progress:
+            print(f"{dst} is already prepared from {src}")
         return Store(dst)
     if dst.is_dir() and any(dst.iterdir()):
         if not (dst / "plan.json").is_file():

@@ -1,0 +1,130 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet import checkpoint
+from alexnet.data.augment import center_crop, ten_crop
+from alexnet.data.store import Store, prepare
+from alexnet.evaluate import evaluate, probabilities, wrong
+from alexnet.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    shared = ROOT.parent / "shared" / "data" / "imagenette-mini"
+    if not shared.is_dir():
+        pytest.skip("../shared/data is not present")
+    root = tmp_path_factory.mktemp("photos")
+    for split, count in (("train", 4), ("val", 5)):
+        for wnid in sorted(p.name for p in (shared / split).iterdir())[:4]:
+            (root / split / wnid).mkdir(parents=True)
+            for f in sorted((shared / split / wnid).iterdir())[:count]:
+                shutil.copy(f, root / split / wnid / f.name)
+    return prepare(root, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(store, tmp_path_factory):
+    """Two freshly initialized networks saved as real checkpoints (different seeds), and a 10-class one."""
+    out = tmp_path_factory.mktemp("ckpt")
+    paths = []
+    for seed in (1, 2):
+        trainer = Trainer(TrainConfig(data=str(store), seed=seed, epochs=1, progress=False), out, 0, 1, 0)
+        paths.append(out / f"net{seed}.pt")
+        checkpoint.save(paths[-1], trainer.snapshot())
+    trainer = Trainer(TrainConfig(data=None, epochs=1, progress=False), out, 0, 1, 0)
+    checkpoint.save(out / "ten_classes.pt", trainer.snapshot())
+    return paths, out / "ten_classes.pt"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=300)
+
+
+def members(paths):
+    return [(checkpoint.model_from(s), checkpoint.recipe_from(s)) for s in map(checkpoint.load, paths)]
+
+
+def test_ensemble_and_ten_crops_average_the_softmax_outputs(store, checkpoints):
+    paths, _ = checkpoints
+    nets = members(paths)
+    images = torch.from_numpy(Store(store).split("val").read(np.arange(6)))
+    with torch.no_grad():
+        by_hand = sum(F.softmax(m(center_crop(images, r)), 1) for m, r in nets) / 2
+        assert torch.allclose(probabilities(nets, images, crops=1), by_hand, atol=1e-6)
+        model, recipe = nets[0]
+        views = ten_crop(images, recipe)
+        by_hand = sum(F.softmax(model(v), 1) for v in views) / 10
+        assert torch.allclose(probabilities(nets[:1], images, crops=10), by_hand, atol=1e-6)
+
+
+def test_top_k_errors_count_correctly():
+    probs = torch.tensor([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05], [0.1, 0.5, 0.1, 0.1, 0.1, 0.1],
+                          [0.01, 0.02, 0.03, 0.04, 0.4, 0.5]])
+    assert wrong(probs, torch.tensor([0, 0, 0])) == (2, 1)  # 2nd: label 0 in top-5; 3rd: label 0 ranks last
+
+
+def test_eval_command_counts_every_image_and_matches_the_library(store, checkpoints):
+    paths, _ = checkpoints
+    result = cli("eval", str(paths[0]), "--data", str(store), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    split = Store(store).split("val")
+    assert report["images"] == len(split) == 20
+    from alexnet.data.loader import Loader
+
+    errors = evaluate(members(paths[:1]), Loader(split, 7, shuffle=False).epoch(0), torch.device("cpu"))
+    assert report["top1_error"] == pytest.approx(errors.top1) and report["top5_error"] == pytest.approx(errors.top5)
+    ensemble = cli("eval", *map(str, paths), "--data", str(store), "--crops", "10")
+    assert ensemble.returncode == 0 and "an ensemble of 2, ten crops" in ensemble.stdout
+
+
+def test_predict_prints_top5_names_with_probabilities(store, checkpoints):
+    paths, _ = checkpoints
+    image = Store(store).split("val").files[0]
+    result = cli("predict", str(paths[0]), image, "--json")
+    assert result.returncode == 0, result.stderr
+    (entry,) = json.loads(result.stdout)
+    probs = [c["probability"] for c in entry["top5"]]
+    assert len(probs) == 4  # four classes in this set: the top-5 is all of them
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
+    assert {c["class"] for c in entry["top5"]} == set(checkpoint.load(paths[0])["names"])
+    text = cli("predict", str(paths[0]), image, "--crops", "1").stdout.splitlines()
+    assert text[0] == image and text[1].strip().endswith(entry["top5"][0]["class"])
+
+
+def one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path):
+    paths, ten = checkpoints
+    one_line_error(cli("eval", str(paths[0]), "--data", str(tmp_path / "nowhere")), "data folder not found")
+    one_line_error(cli("eval", str(ten), "--data", str(store)), "has 10 classes; the data has 4")
+    one_line_error(cli("eval", str(paths[0]), str(ten), "--data", str(store)), "an ensemble needs the same classes")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(paths[0].read_bytes()[: os.path.getsize(paths[0]) // 3])
+    one_line_error(cli("eval", str(cut), "--data", str(store)), "not a readable checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    one_line_error(cli("predict", str(foreign), Store(store).split("val").files[0]), "not an alexnet checkpoint")
+    state = checkpoint.load(paths[0])
+    state["arch"] = "owt"  # weights of `paper` labelled as another architecture
+    checkpoint.save(tmp_path / "mislabelled.pt", {k: v for k, v in state.items() if k not in ("format", "path")})
+    one_line_error(cli("eval", str(tmp_path / "mislabelled.pt"), "--data", str(store)), "do not fit a 'owt' network")
+    junk = tmp_path / "junk.JPEG"
+    junk.write_text("not a photo")
+    one_line_error(cli("predict", str(paths[0]), str(junk)), "junk.JPEG")
+    one_line_error(cli("eval", str(tmp_path / "missing.pt"), "--data", str(store)), "no checkpoint at")
