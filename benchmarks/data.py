@@ -24,7 +24,8 @@ Each repeat runs every row on one core and then on two, in a child process pinne
 main process decodes), two on two; `prepare` workers: one, or two. glibc's malloc keeps freed memory,
 as `alexnet train` has it (alexnet/runtime.py), for every row. The rows take turns, in reverse order
 every other repeat. Reported: images/s, the median over the repeats, and the ratio to the baseline on
-the same cores.
+the same cores; also images per CPU-second (the process's and its workers' user + system time), which
+a machine shared with other jobs disturbs less than the wall clock.
 """
 
 import argparse
@@ -32,6 +33,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -114,8 +116,15 @@ def batches(loader: Loader, recipe: Recipe, epochs: int, plain: bool) -> tuple[i
     return count, time.perf_counter() - start
 
 
-def child(root: Path, store_path: Path, cores: int, epochs: int, rows: list[str]) -> dict[str, float]:
-    """One turn of `rows`, in that order, on `cores` cores (this process is pinned to them): images/s."""
+def cpu_seconds() -> float:
+    """User + system time of this process and of its finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def child(root: Path, store_path: Path, cores: int, epochs: int, rows: list[str]) -> dict[str, list[float]]:
+    """One turn of `rows`, in that order, on `cores` cores (this process is pinned to them): images per
+    second and images per CPU-second."""
     torch.set_num_threads(cores)
     keep_freed_memory()  # as `alexnet train` does; the same for every row (worker processes inherit it)
     workers = 0 if cores == 1 else cores
@@ -137,8 +146,9 @@ def child(root: Path, store_path: Path, cores: int, epochs: int, rows: list[str]
     }
     rates = {}
     for row in rows:
+        cpu = cpu_seconds()
         count, seconds = runs[row]()
-        rates[row] = count / seconds
+        rates[row] = [count / seconds, count / (cpu_seconds() - cpu)]
     return rates
 
 
@@ -173,7 +183,7 @@ def main() -> None:
               f"({args.copies} links to each of {n // args.copies} files), batch {BATCH}, store {store_mb:.0f} MB, "
               f"{args.epochs} epochs per store measurement, {args.repeats} repeats; "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
-        rates: dict[int, dict[str, list[float]]] = {1: {}, 2: {}}
+        rates: dict[int, dict[str, list[list[float]]]] = {1: {}, 2: {}}
         for repeat in range(args.repeats):
             for cores in (1, 2):
                 cmd = [sys.executable, __file__, "--epochs", str(args.epochs), "--child", str(root), str(store),
@@ -184,14 +194,17 @@ def main() -> None:
                 for row, rate in json.loads(out.splitlines()[-1]).items():
                     rates[cores].setdefault(row, []).append(rate)
             print(f"repeat {repeat + 1}: " + "; ".join(
-                f"{cores} core{'s' if cores > 1 else ''} " + ", ".join(f"{rows[row][-1]:.0f}" for row in ROWS)
+                f"{cores} core{'s' if cores > 1 else ''} " + ", ".join(f"{rows[row][-1][0]:.0f}" for row in ROWS)
                 for cores, rows in rates.items()) + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
-    print(f"{'pipeline':<32}{'cores':>6}{'img/s':>9}{'img/s/core':>12}{'× baseline':>12}")
+    print(f"{'pipeline':<32}{'cores':>6}{'img/s':>9}{'img/s/core':>12}{'× baseline':>12}{'img/CPU-s':>11}"
+          f"{'× baseline':>12}")
     for cores, rows in rates.items():
-        base = statistics.median(rows["baseline"])
+        median = {row: [statistics.median(r[k] for r in rows[row]) for k in (0, 1)] for row in ROWS}
+        base, base_cpu = median["baseline"]
         for row in ROWS:
-            rate = statistics.median(rows[row])
-            print(f"{row:<32}{cores:>6}{rate:>9.0f}{rate / cores:>12.0f}{rate / base:>12.2f}")
+            rate, cpu_rate = median[row]
+            print(f"{row:<32}{cores:>6}{rate:>9.0f}{rate / cores:>12.0f}{rate / base:>12.2f}{cpu_rate:>11.0f}"
+                  f"{cpu_rate / base_cpu:>12.2f}")
 
 
 if __name__ == "__main__":
