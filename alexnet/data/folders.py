@@ -221,9 +221,13 @@ class BadFiles:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.paths: set[str] = set()
 
     def add(self, path: str | Path, reason: str) -> None:
-        """Count a refused file and log one warning line naming it."""
+        """Count a refused file and log one warning line naming it; a file refused again (next epoch) is not."""
+        if str(path) in self.paths:
+            return
+        self.paths.add(str(path))
         self.counts[reason] += 1
         log.warning("skipped %s: %s", path, reason)
 

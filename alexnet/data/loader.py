@@ -111,7 +111,7 @@ class Loader:
         for images, labels, indices, bad in loader:
             for path, reason in bad:
                 self.bad.add(path, reason)
-            yield images, labels, indices
+            yield images, labels, indices.numpy()  # the DataLoader made the indices a tensor
 
 
 def _read_ahead(split: StoreSplit, batches: list[np.ndarray], depth: int = 3):
@@ -120,17 +120,23 @@ def _read_ahead(split: StoreSplit, batches: list[np.ndarray], depth: int = 3):
     stop = threading.Event()
 
     def work():
-        for indices in batches:
-            if stop.is_set():
-                return
-            images = torch.from_numpy(split.read(indices))
-            ready.put((images, torch.from_numpy(split.labels[indices]), indices))
+        try:
+            for indices in batches:
+                if stop.is_set():
+                    return
+                images = torch.from_numpy(split.read(indices))
+                ready.put((images, torch.from_numpy(split.labels[indices]), indices))
+        except Exception as err:  # raised in the consumer, which would otherwise wait forever
+            ready.put(err)
+            return
         ready.put(None)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     try:
         while (item := ready.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
             yield item
     finally:
         stop.set()
