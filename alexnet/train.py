@@ -28,7 +28,7 @@ from . import checkpoint
 from .data.augment import Recipe, train_batch
 from .data.folders import DEFAULT_DATA, preprocess
 from .data.loader import Loader, is_store, open_split, split_names
-from .data.store import Store, prepare
+from .data.store import Store, prepare, rgb_pca
 from .evaluate import Errors, evaluate
 from .model import build_model
 from .optim import Schedule, build_optimizer
@@ -109,10 +109,8 @@ def _estimate_recipe(images, seed: int) -> Recipe:
             n += 1
     if n == 0:
         raise ValueError(f"no readable training images in {images.root}")
-    count = n * 256 * 256
-    cov = pixel_outer / count - np.outer(pixel_sum / count, pixel_sum / count)
-    eigval, eigvec = np.linalg.eigh(cov)
-    return Recipe(torch.from_numpy(total / n), torch.from_numpy(eigval), torch.from_numpy(eigvec))
+    pca = rgb_pca(pixel_sum, pixel_outer, n * 256 * 256)
+    return Recipe(torch.from_numpy(total / n), torch.from_numpy(pca["eigval"]), torch.from_numpy(pca["eigvec"]))
 
 
 def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Data:

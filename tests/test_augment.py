@@ -47,13 +47,13 @@ def test_227_crops_take_offsets_up_to_29():
 
 def test_colour_noise_follows_the_eigenvectors_with_the_paper_magnitude():
     q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(2)))
-    eigval = torch.tensor([40.0, 4.0, 1.0])
+    eigval = torch.tensor([0.2, 0.02, 0.005])  # on the [0, 1] pixel scale, as ImageNet's
     recipe = Recipe(torch.full((40, 40, 3), 100.0), eigval, q)  # small images: the noise ignores size
     images = torch.full((4000, 40, 40, 3), 100, dtype=torch.uint8)
     out = train_batch(images, recipe, 32, seed=3, epoch=0, indices=np.arange(4000))
     shift = out[:, :, 0, 0]  # image − mean = 0, so each pixel is the colour shift alone
     assert torch.allclose(out, shift[:, :, None, None].expand_as(out))  # the same shift at every pixel
-    alpha = (shift @ q) / eigval  # coordinates along p1..p3, divided by the eigenvalues
+    alpha = (shift / 255 @ q) / eigval  # coordinates along p1..p3 on the [0, 1] scale, over the eigenvalues
     assert alpha.mean(0).abs().max() < 0.01
     assert torch.allclose(alpha.std(0), torch.full((3,), 0.1), rtol=0.05)
 
@@ -107,7 +107,7 @@ def test_kernel_and_plain_pytorch_make_the_same_batches(monkeypatch):
     g = torch.Generator().manual_seed(7)
     images = torch.randint(0, 256, (16, 256, 256, 3), dtype=torch.uint8, generator=g)
     q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
-    recipe = Recipe(torch.rand(256, 256, 3, generator=g) * 255, torch.tensor([30.0, 3.0, 0.5]), q)
+    recipe = Recipe(torch.rand(256, 256, 3, generator=g) * 255, torch.tensor([0.2, 0.02, 0.005]), q)
     fast = train_batch(images, recipe, 224, 8, 0, np.arange(16))
     fast_views = ten_crop(images, recipe)
     monkeypatch.setattr(alexnet.data.augment, "cpu_kernels", lambda: None)

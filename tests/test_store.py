@@ -72,7 +72,7 @@ def test_mean_image_and_rgb_pca_equal_a_direct_numpy_computation(photos, tmp_pat
     images = train.read(np.arange(len(train))).astype(np.float64)
     mean = np.load(tmp_path / "store" / "mean.npy")
     assert np.abs(mean - images.mean(0)).max() / images.mean(0).max() <= 1e-6
-    cov = np.cov(images.reshape(-1, 3).T, bias=True)
+    cov = np.cov(images.reshape(-1, 3).T / 255, bias=True)  # RGB on the [0, 1] scale
     eigval, eigvec = np.linalg.eigh(cov)
     recipe = store.recipe()
     assert np.allclose(recipe.eigval.double().numpy(), eigval, rtol=1e-6)

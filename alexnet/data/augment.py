@@ -17,7 +17,7 @@ class Recipe:
 
     def __init__(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor):
         self.mean = mean.float()  # (256, 256, 3), pixel values 0..255
-        self.eigval = eigval.float()  # (3,) eigenvalues of the RGB covariance, ascending or not
+        self.eigval = eigval.float()  # (3,) eigenvalues of the covariance of RGB values on the [0, 1] scale
         self.eigvec = eigvec.float()  # (3, 3), column i is the eigenvector of eigval[i]
 
     def to(self, device: torch.device | str) -> "Recipe":
@@ -78,8 +78,10 @@ def train_batch(images: torch.Tensor, recipe: Recipe, crop: int, seed: int, epoc
     angle = 2 * np.pi * u[:, 5:7]
     normals = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :3]
     alpha = torch.from_numpy(normals).float() * colour_std
-    # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, a_i ~ N(0, 0.1) drawn once per image
-    shift = (alpha * recipe.eigval.cpu()) @ recipe.eigvec.cpu().T
+    # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, a_i ~ N(0, 0.1) drawn once per image;
+    # the eigenvalues are those of pixels on the [0, 1] scale (as ImageNet's widely used ones), so the
+    # shift is scaled by 255 to the 0..255 pixels here
+    shift = 255 * (alpha * recipe.eigval.cpu()) @ recipe.eigvec.cpu().T
     return crop_batch(images, recipe, crop, *(t.to(images.device) for t in (top, left, flip, shift)))
 
 
