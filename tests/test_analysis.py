@@ -153,6 +153,22 @@ def test_features_are_fc7_of_the_centre_crops_with_labels_and_files(store, ckpts
     assert extract_features(str(ckpts["paper"]), str(store), features, "train", progress=False) == features
 
 
+def test_an_undecodable_image_in_a_folder_is_a_bad_row_that_no_search_returns(photos, ckpts, tmp_path):
+    root = tmp_path / "photos"
+    for folder in sorted((photos / "train").iterdir()):
+        (root / "train" / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:2]:
+            shutil.copy(f, root / "train" / folder.name / f.name)
+    first = sorted((root / "train").iterdir())[0]
+    (first / "zzz.JPEG").write_bytes(b"\xff\xd8 a broken JPEG")  # the third image of the first class
+    out = extract_features(str(ckpts["paper"]), str(root), tmp_path / "f", batch_size=4, workers=0, progress=False)
+    f = Features(out)
+    assert len(f) == 9 and f.bad == [2] and f.files[2].endswith("zzz.JPEG")
+    assert not np.asarray(f.features[2]).any() and np.asarray(f.features[[0, 1, 3]]).any(1).all()
+    d, i = nearest(f.features, torch.from_numpy(np.array(f.features[:2])), 9, chunk=4, skip=f.bad)
+    assert i.shape == (2, 8) and 2 not in i
+
+
 def test_nearest_equals_brute_force_across_chunk_boundaries(tmp_path):
     rng = np.random.default_rng(0)
     stored = (rng.random((1000, 64)) + 5).astype(np.float32)  # a large common offset: cancellation-prone
