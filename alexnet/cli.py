@@ -66,7 +66,14 @@ def _predict(args: argparse.Namespace) -> None:
 
     from .evaluate import predict_images
 
-    results = predict_images(args.checkpoint, args.images, args.crops)
+    if args.plot:
+        from .analysis import plot_predictions, predict
+
+        predictions = predict(args.checkpoint, args.images, args.crops)
+        plot_predictions(predictions, args.plot, args.plot_columns)
+        results = predictions.top5()
+    else:
+        results = predict_images(args.checkpoint, args.images, args.crops)
     if args.json:
         print(json.dumps([{"image": image, "top5": [{"class": name, "probability": p} for name, p in top]}
                           for image, top in results]))
@@ -75,6 +82,39 @@ def _predict(args: argparse.Namespace) -> None:
         print(image)
         for name, p in top:
             print(f"  {100 * p:5.1f}%  {name}")
+
+
+def _filters(args: argparse.Namespace) -> None:
+    from .analysis import plot_filters
+
+    print(f"wrote {plot_filters(args.checkpoint, args.out, args.columns, args.zoom, args.gap)}")
+
+
+def _features(args: argparse.Namespace) -> None:
+    from .analysis import extract_features
+
+    extract_features(args.checkpoint, args.data, args.out, args.split, args.batch_size, args.device, args.precision,
+                     args.workers, progress=args.progress)
+
+
+def _neighbors(args: argparse.Namespace) -> None:
+    import json
+
+    from .analysis import find_neighbours, plot_neighbours
+
+    found = find_neighbours(args.checkpoint, args.queries, args.features, args.k, args.chunk, args.device)
+    if args.out:
+        plot_neighbours(found, args.out)
+    records = found.records()
+    if args.json:
+        print(json.dumps(records))
+        return
+    for record in records:
+        print(record["query"] + (f" ({record['class']})" if record["class"] else ""))
+        for n in record["neighbors"]:
+            print(f"  {n['rank']}. {n['distance']:10.4f}  {n['class']:<20}  {n['file']}")
+    if args.out:
+        print(f"wrote {args.out}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,7 +210,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--crops", type=int, choices=(1, 10), default=10, help="1: centre crop; 10: ten patches")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw Figure 4 (left): each centre crop with its top-5 bars, the true class (from "
+                        "the image's folder or file name) in red")
+    p.add_argument("--plot-columns", type=int, default=4, help="images per row of the plot")
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser("filters", formatter_class=fmt, help="draw conv1's kernels (Figure 3)",
+                            description="The first layer's kernels as images (§6.1, Figure 3), one block per "
+                                        "tower, each kernel min-max scaled on its own.")
+    p.add_argument("checkpoint", help="a checkpoint file or run folder")
+    p.add_argument("--out", default="conv1.png", help="PNG file to write")
+    p.add_argument("--columns", type=int, default=16, help="kernels per row")
+    p.add_argument("--zoom", type=int, default=4, help="pixels per weight, each way")
+    p.add_argument("--gap", type=int, default=2, help="pixels between kernels")
+    p.set_defaults(run=_filters)
+
+    p = commands.add_parser("features", formatter_class=fmt, help="fc7 features of every image of a split",
+                            description="The 4096-d fc7 activations (after ReLU) of the centre crop of every image "
+                                        "of a split, with labels and files, into a folder that `alexnet neighbors` "
+                                        "searches (§6.1). An interrupted run continues where it stopped.")
+    p.add_argument("checkpoint", help="a checkpoint file or run folder")
+    p.add_argument("--data", default=None, help="a store or an image folder (default: the built-in photos)")
+    p.add_argument("--split", default="train", help="split to describe")
+    p.add_argument("--out", required=True, help="features folder to write (features.npy, labels.npy, files.txt)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (a resumed run keeps its own)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes when reading JPEG folders")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(run=_features)
+
+    p = commands.add_parser("neighbors", formatter_class=fmt, help="nearest images by fc7 distance (Figure 4)",
+                            description="For each query image, the images of a features folder whose fc7 features "
+                                        "are nearest in Euclidean distance (§6.1, Figure 4 right): exact search in "
+                                        "chunks, so memory stays small however many features there are.")
+    p.add_argument("checkpoint", help="the checkpoint the features were made with")
+    p.add_argument("queries", nargs="+", help="query image files")
+    p.add_argument("--features", required=True, help="a folder made by `alexnet features`")
+    p.add_argument("--k", type=int, default=6, help="neighbours per query")
+    p.add_argument("--out", default=None, help="PNG file to draw the grid to (default: no picture)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--chunk", type=int, default=16384, help="stored features per matrix product (16 KiB each)")
+    p.add_argument("--device", default="auto", help="device for the queries' features: auto, cpu, cuda, ...")
+    p.set_defaults(run=_neighbors)
     return parser
 
 

@@ -1,0 +1,306 @@
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import checkpoint
+from alexnet.analysis import BARS, CAPTION, LINE, Features, extract_features, nearest
+from alexnet.cli import _parser, main
+from alexnet.data.augment import center_crop
+from alexnet.data.folders import preprocess
+from alexnet.data.store import Store, prepare
+from alexnet.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+RED = (230, 85, 13)  # analysis.CORRECT, #e6550d
+WHITE = (255, 255, 255)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Real photos in ImageNet's folder layout: 4 classes, 10 training and 2 validation images each."""
+    shared = ROOT.parent / "shared" / "data" / "imagenette-mini"
+    if not shared.is_dir():
+        pytest.skip("../shared/data is not present")
+    root = tmp_path_factory.mktemp("photos")
+    for split, count in (("train", 10), ("val", 2)):
+        for wnid in sorted(p.name for p in (shared / split).iterdir())[:4]:
+            (root / split / wnid).mkdir(parents=True)
+            for f in sorted((shared / split / wnid).iterdir())[:count]:
+                shutil.copy(f, root / split / wnid / f.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(photos, tmp_path_factory):
+    return prepare(photos, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def ckpts(store, tmp_path_factory):
+    """Freshly initialized networks saved as real checkpoints: two `paper` (seeds 1, 2) and one `owt`."""
+    out = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for name, kw in (("paper", {"seed": 1}), ("other", {"seed": 2}), ("owt", {"arch": "owt"})):
+        trainer = Trainer(TrainConfig(data=str(store), epochs=1, progress=False, **kw), out, 0, 1, 0)
+        paths[name] = out / f"{name}.pt"
+        checkpoint.save(paths[name], trainer.snapshot())
+    return paths
+
+
+@pytest.fixture(scope="module")
+def features(store, ckpts, tmp_path_factory):
+    """The fc7 features of the training split (40 images), extracted in batches of 7 (the last one short)."""
+    out = tmp_path_factory.mktemp("features") / "train"
+    extract_features(str(ckpts["paper"]), str(store), out, "train", batch_size=7, progress=False)
+    return out
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=300)
+
+
+def png(path: Path) -> np.ndarray:
+    return np.array(Image.open(path).convert("RGB"))
+
+
+def crop_of(image: str | Path, crop: int = 224) -> np.ndarray:
+    mid = (256 - crop) // 2
+    return preprocess(image)[mid:mid + crop, mid:mid + crop]
+
+
+def fc7(path: Path, pixels: np.ndarray) -> torch.Tensor:
+    state = checkpoint.load(path)
+    model, recipe = checkpoint.model_from(state), checkpoint.recipe_from(state)
+    with torch.no_grad():
+        return model.forward_fc7(center_crop(torch.from_numpy(pixels), recipe, state["crop"]))
+
+
+def brute_force(features: np.ndarray, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every distance at once, in float64, without the matrix-product shortcut."""
+    d = torch.cdist(queries.double(), torch.from_numpy(np.asarray(features, np.float64)),
+                    compute_mode="donot_use_mm_for_euclid_dist")
+    values, indices = d.topk(k, dim=1, largest=False)
+    return values.numpy(), indices.numpy()
+
+
+def test_filters_draws_each_kernel_min_max_scaled_in_one_block_per_tower(ckpts, tmp_path):
+    result = cli("filters", str(ckpts["paper"]), "--out", str(tmp_path / "conv1.png"), "--zoom", "2", "--gap", "3")
+    assert result.returncode == 0, result.stderr
+    image = png(tmp_path / "conv1.png")
+    # margin 8, two towers of 48 kernels in 3 rows of 16, each under a 20-pixel label; tiles 22×22, 3 apart
+    block = 20 + 3 * 22 + 2 * 3
+    assert image.shape == (8 + block + 8 + block + 8, 8 + 16 * 22 + 15 * 3 + 8, 3)
+    weights = checkpoint.load(ckpts["paper"])["model"]["conv1.weight"]
+    for n, kernel in enumerate(weights):
+        tower, i = divmod(n, 48)
+        top = 8 + tower * (block + 8) + 20 + (i // 16) * 25
+        left = 8 + (i % 16) * 25
+        k = kernel.double().numpy().transpose(1, 2, 0)
+        expected = np.rint((k - k.min()) / (k.max() - k.min()) * 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)
+        assert np.array_equal(image[top:top + 22, left:left + 22], expected), n
+        assert (image[top:top + 22, left + 22:left + 25] == 255).all()  # a white gap to the right
+    # one tower (owt: 64 kernels) makes one block of 4 rows
+    result = cli("filters", str(ckpts["owt"]), "--out", str(tmp_path / "owt.png"))
+    assert result.returncode == 0, result.stderr
+    block = 20 + 4 * 44 + 3 * 2
+    assert png(tmp_path / "owt.png").shape == (8 + block + 8, 8 + 16 * 44 + 15 * 2 + 8, 3)
+
+
+def test_predict_plot_shows_centre_crops_and_top5_bars_with_the_true_class_in_red(photos, ckpts, tmp_path):
+    known = sorted((photos / "val").glob("*/*.JPEG"))[::3][:3]
+    unknown = tmp_path / "misc" / "mystery.JPEG"  # a folder that names no class
+    unknown.parent.mkdir()
+    shutil.copy(known[0], unknown)
+    images = [*map(str, known), str(unknown)]
+    result = cli("predict", str(ckpts["paper"]), *images, "--crops", "1", "--json", "--plot", str(tmp_path / "p.png"),
+                 "--plot-columns", "3")
+    assert result.returncode == 0, result.stderr
+    plain = cli("predict", str(ckpts["paper"]), *images, "--crops", "1", "--json")
+    assert json.loads(result.stdout) == json.loads(plain.stdout)  # --plot leaves the printed result alone
+    image = png(tmp_path / "p.png")
+    panel = 224 + CAPTION + BARS
+    assert image.shape == (8 + 2 * LINE + 2 * panel + 12 + 8, 8 + 3 * 224 + 2 * 12 + 8, 3)
+    for n, path in enumerate(images):
+        top, left = 8 + 2 * LINE + (n // 3) * (panel + 12), 8 + (n % 3) * (224 + 12)
+        assert np.array_equal(image[top:top + 224, left:left + 224], crop_of(path)), path
+        bars = image[top + 224 + 2 + CAPTION:top + panel, left:left + 224]
+        red = (bars == RED).all(-1).sum()
+        # four classes: the true class is always among the top 5 and its bar is red; no red without a class
+        assert (red > 100) if path != str(unknown) else (red == 0), (path, red)
+
+
+def test_features_are_fc7_of_the_centre_crops_with_labels_and_files(store, ckpts, features):
+    f = Features(features)
+    split = Store(store).split("train")
+    assert f.features.shape == (40, 4096) and f.features.dtype == np.float32
+    expected = fc7(ckpts["paper"], split.read(np.arange(40)))
+    assert torch.allclose(torch.from_numpy(np.array(f.features)), expected, rtol=1e-5, atol=1e-5)
+    assert (np.asarray(f.features) >= 0).all()  # after the ReLU
+    assert np.array_equal(f.labels, split.labels) and f.files == [os.path.abspath(p) for p in split.files]
+    assert f.meta["batch_size"] == 7 and f.bad == [] and f.names == split.names
+    # a second run finds the work done
+    assert extract_features(str(ckpts["paper"]), str(store), features, "train", progress=False) == features
+
+
+def test_an_undecodable_image_in_a_folder_is_a_bad_row_that_no_search_returns(photos, ckpts, tmp_path):
+    root = tmp_path / "photos"
+    for folder in sorted((photos / "train").iterdir()):
+        (root / "train" / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:2]:
+            shutil.copy(f, root / "train" / folder.name / f.name)
+    first = sorted((root / "train").iterdir())[0]
+    (first / "zzz.JPEG").write_bytes(b"\xff\xd8 a broken JPEG")  # the third image of the first class
+    out = extract_features(str(ckpts["paper"]), str(root), tmp_path / "f", batch_size=4, workers=0, progress=False)
+    f = Features(out)
+    assert len(f) == 9 and f.bad == [2] and f.files[2].endswith("zzz.JPEG")
+    assert not np.asarray(f.features[2]).any() and np.asarray(f.features[[0, 1, 3]]).any(1).all()
+    d, i = nearest(f.features, torch.from_numpy(np.array(f.features[:2])), 9, chunk=4, skip=f.bad)
+    assert i.shape == (2, 8) and 2 not in i
+
+
+def test_nearest_equals_brute_force_across_chunk_boundaries(tmp_path):
+    rng = np.random.default_rng(0)
+    stored = (rng.random((1000, 64)) + 5).astype(np.float32)  # a large common offset: cancellation-prone
+    queries = torch.from_numpy((rng.random((7, 64)) + 5).astype(np.float32))
+    want_d, want_i = brute_force(stored, queries, 5)
+    np.save(tmp_path / "f.npy", stored)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")  # read with file reads, not through the map
+    for chunk in (1, 37, 999, 1000, 4096):
+        for features in (stored, mapped):
+            d, i = nearest(features, queries, 5, chunk=chunk)
+            assert np.array_equal(i, want_i), chunk
+            assert np.allclose(d, want_d, rtol=1e-12)
+    # a slice of a memory map keeps its parent's file name: it must still be read as the slice
+    d, i = nearest(mapped[100:600], queries, 5, chunk=64)
+    assert np.array_equal(i, brute_force(stored[100:600], queries, 5)[1])
+    # rows to skip for everyone, and one row left out for one query (itself)
+    skip = [int(want_i[0, 0]), int(want_i[3, 1])]
+    exclude = [-1, int(want_i[1, 0]), -1, -1, -1, -1, -1]
+    d, i = nearest(stored, queries, 5, chunk=37, skip=skip, exclude=exclude)
+    brute = torch.cdist(queries.double(), torch.from_numpy(stored).double(),
+                        compute_mode="donot_use_mm_for_euclid_dist")
+    brute[:, skip] = np.inf
+    brute[1, exclude[1]] = np.inf
+    assert np.array_equal(i, brute.topk(5, largest=False).indices.numpy())
+    # fewer rows than k: all of them
+    d, i = nearest(stored[:3], queries, 5, chunk=2)
+    assert i.shape == (7, 3) and (np.sort(i, 1) == [0, 1, 2]).all()
+
+
+def test_neighbors_command_matches_brute_force_and_draws_the_grid(photos, store, ckpts, features, tmp_path):
+    queries = [str(p) for p in sorted((photos / "val").glob("*/*.JPEG"))[:2]]
+    out = tmp_path / "grid.png"
+    result = cli("neighbors", str(ckpts["paper"]), *queries, "--features", str(features), "--k", "3", "--out",
+                 str(out), "--json", "--chunk", "3")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    stored = Features(features)
+    want_d, want_i = brute_force(stored.features, fc7(ckpts["paper"], np.stack([preprocess(q) for q in queries])), 3)
+    for q, record in enumerate(report):
+        assert record["query"] == queries[q]
+        assert record["class"] == stored.names[stored.meta["classes"].index(Path(queries[q]).parent.name)]
+        assert [n["row"] for n in record["neighbors"]] == want_i[q].tolist()
+        assert np.allclose([n["distance"] for n in record["neighbors"]], want_d[q], rtol=1e-9)
+        assert [n["file"] for n in record["neighbors"]] == [stored.files[i] for i in want_i[q]]
+        assert [n["label"] for n in record["neighbors"]] == stored.labels[want_i[q]].tolist()
+    # the grid: a row per query, the query then its 3 neighbours, each tile its centre crop
+    image = png(out)
+    assert image.shape == (8 + 2 * LINE + 2 * (224 + CAPTION) + 6 + 8, 8 + 4 * 224 + 3 * 6 + 8, 3)
+    split = Store(store).split("train")
+    for q in range(2):
+        top = 8 + 2 * LINE + q * (224 + CAPTION + 6)
+        assert np.array_equal(image[top:top + 224, 8:8 + 224], crop_of(queries[q]))
+        for n, row in enumerate(want_i[q], 1):
+            left = 8 + n * (224 + 6)
+            tile = split.read(np.array([row]))[0, 16:240, 16:240]
+            assert np.array_equal(image[top:top + 224, left:left + 224], tile)
+    # text output; a query that is one of the stored images is not its own neighbour
+    own = stored.files[5]
+    result = cli("neighbors", str(ckpts["paper"]), own, "--features", str(features), "--k", "40")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(own) and len(lines) == 1 + 39 and own not in result.stdout.split("\n", 1)[1]
+
+
+def test_resumed_extraction_after_kill_equals_an_uninterrupted_one(store, ckpts, features, tmp_path):
+    args = [sys.executable, "-m", "alexnet", "features", str(ckpts["paper"]), "--data", str(store), "--batch-size",
+            "2", "--no-progress", "--out"]
+    straight = subprocess.run([*args, str(tmp_path / "straight")], capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    rows = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            rows = json.loads((killed / "progress.json").read_text())["rows"]
+        except (OSError, ValueError):
+            rows = 0
+        if rows >= 4:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 4 <= json.loads((killed / "progress.json").read_text())["rows"] < 40, "the kill should land mid-way"
+    assert not (killed / "done.json").exists()
+    with pytest.raises(ValueError, match="unfinished"):
+        Features(killed)
+    resumed = subprocess.run([*args, str(killed), "--batch-size", "8"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "with its batch size 2" in resumed.stdout
+    a, b = Features(tmp_path / "straight"), Features(killed)
+    assert np.array_equal(a.features, b.features) and np.array_equal(a.labels, b.labels) and a.files == b.files
+    batched = torch.from_numpy(np.array(Features(features).features))  # batches of 7: equal up to rounding
+    assert torch.allclose(torch.from_numpy(np.array(b.features)), batched, atol=1e-5)
+
+
+def one_line_error(capsys, argv: list[str], fragment: str) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_bad_inputs_are_one_line_errors(photos, store, ckpts, features, tmp_path, capsys):
+    ckpt, other = str(ckpts["paper"]), str(ckpts["other"])
+    query = str(sorted((photos / "val").glob("*/*.JPEG"))[0])
+    one_line_error(capsys, ["filters", str(tmp_path / "missing.pt")], "no checkpoint at")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(Path(ckpt).read_bytes()[:1000])
+    one_line_error(capsys, ["filters", str(cut), "--out", str(tmp_path / "x.png")], "not a readable checkpoint")
+    one_line_error(capsys, ["filters", ckpt, "--columns", "0", "--out", str(tmp_path / "x.png")], "must be positive")
+    junk = tmp_path / "junk.JPEG"
+    junk.write_text("not a photo")
+    one_line_error(capsys, ["predict", ckpt, str(junk), "--plot", str(tmp_path / "p.png")], "junk.JPEG: not an image")
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "x.png").exists()
+    one_line_error(capsys, ["features", ckpt, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "f")],
+                   "data folder not found")
+    one_line_error(capsys, ["features", ckpt, "--data", str(store), "--split", "test", "--out", str(tmp_path / "f")],
+                   "has no test split")
+    one_line_error(capsys, ["features", ckpt, "--data", str(store), "--out", str(photos)], "not a features folder")
+    one_line_error(capsys, ["features", other, "--data", str(store), "--out", str(features)], "holds other features")
+    one_line_error(capsys, ["neighbors", ckpt, query, "--features", str(photos)], "not a features folder")
+    one_line_error(capsys, ["neighbors", other, query, "--features", str(features)], "features of another network")
+    one_line_error(capsys, ["neighbors", ckpt, str(junk), "--features", str(features)], "junk.JPEG: not an image")
+    one_line_error(capsys, ["neighbors", ckpt, query, "--features", str(features), "--k", "0"], "k must be at least 1")
+
+
+def test_every_option_shows_its_default_in_help():
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("filters", "predict", "features", "neighbors"):
+        text = " ".join(commands[name].format_help().split())
+        for action in commands[name]._actions:
+            if action.option_strings and action.dest != "help" and not action.required:
+                assert f"{' '.join(action.help.split())} (default: {action.default})" in text, (name, action.dest)
