@@ -30,7 +30,7 @@ def _experiment(args: argparse.Namespace) -> None:
     from .experiments import ExperimentConfig, run_experiment
 
     run_experiment(ExperimentConfig(args.experiment, args.data, args.out, args.epochs, args.batch_size, args.seed,
-                                    args.cache))
+                                    args.cache, args.threads))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of the stored square images")
     p.set_defaults(run=_prepare)
 
+    import torch
+
     from .experiments import DEFAULT_CACHE, EXPERIMENTS
 
     p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's small-scale CIFAR-10 experiments",
@@ -80,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("--out", default=f"runs/experiments/{name}", help="folder for the figure, curves and results")
         e.add_argument("--seed", type=int, default=0, help="seed of the initial weights, batch order and flips")
         e.add_argument("--cache", default=DEFAULT_CACHE, help="folder for the decoded images (.npz)")
+        e.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                       help="CPU threads for training and testing; on a busy machine 1 can be much faster")
     p.set_defaults(run=_experiment)
     return parser
 

@@ -223,11 +223,22 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys, layout, message):
     assert len(lines) == 1 and lines[0].startswith(f"alexnet experiment: error: {message}")
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--epochs", "0"], "epochs and batch size must be positive, got 0 and 128"),
+    (["--threads", "0"], "the number of threads must be positive, got 0"),
+])
+def test_bad_settings_are_a_one_line_error(tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "pooling", "--data", str(tmp_path), *option])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"alexnet experiment: error: {message}"]
+
+
 def test_experiment_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "relu-vs-tanh", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: 12)", "(default: 128)", "(default: runs/experiments/relu-vs-tanh)", "(default: 0)",
-                    "(default: ~/.cache/alexnet)"):
+    for default in ("(default: 20)", "(default: 128)", "(default: runs/experiments/relu-vs-tanh)", "(default: 0)",
+                    "(default: ~/.cache/alexnet)", f"(default: {torch.get_num_threads()})"):
         assert default in text
 
