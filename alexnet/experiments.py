@@ -291,10 +291,16 @@ def _decode(images: ImageList, name: str, progress: bool) -> Split:
 class _Inputs:
     """Turns uint8 images into a float batch, channels-last: minus the mean image (§2), optionally scaled."""
 
-    def __init__(self, train: Split, pixels: str):
-        images = torch.from_numpy(train.images)
-        self.mean = images.double().mean(0).float()  # §2: subtract the training set's mean image
-        self.scale = 1.0 if pixels == "raw" else float(images.double().std())
+    def __init__(self, train: Split, pixels: str, chunk: int = 4096):
+        total, squares = torch.zeros(SIDE, SIDE, 3, dtype=torch.float64), 0.0
+        for first in range(0, len(train.images), chunk):  # in float64, a chunk at a time
+            x = torch.from_numpy(train.images[first:first + chunk]).double()
+            total += x.sum(0)
+            squares += float(x.square().sum())
+        n = len(train.images)
+        self.mean = (total / n).float()  # §2: subtract the training set's mean image
+        variance = squares / (n * total.numel()) - float((total / n).mean()) ** 2  # over all pixel values
+        self.scale = 1.0 if pixels == "raw" else math.sqrt(variance)
 
     def __call__(self, images: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         x = torch.from_numpy(images).float().sub_(self.mean).div_(self.scale)  # (N, H, W, C)
@@ -383,7 +389,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**asdict(config), "epochs": epochs}, indent=1) + "\n")
     print(f"{config.experiment}: {len(train.labels)} training and {len(test.labels)} test images, "
-          f"{epochs} epochs, batch {config.batch_size}, {torch.get_num_threads()} threads")
+          f"{_count(epochs, 'epoch')}, batch {config.batch_size}, {_count(torch.get_num_threads(), 'thread')}")
     inputs = _Inputs(train, setup.pixels)
     curves = [train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
                             config.seed, config.progress) for variant in setup.variants]
@@ -395,6 +401,10 @@ def run_experiment(config: ExperimentConfig) -> dict:
     print(report(config.experiment, results))
     print(f"wrote {out / 'curves.csv'}, {out / 'results.json'} and {out / (config.experiment + '.png')}")
     return results
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def write_curves(path: Path, curves: list[Curve]) -> None:
@@ -442,7 +452,7 @@ def report(experiment: str, results: dict) -> str:
             rows.append(f"epochs to 25% training error: {relu} {a:.1f}, {tanh} not within {epochs}: "
                         f"{relu} more than {epochs / a:.1f} times as fast")
         else:
-            rows.append(f"{relu} did not reach 25% training error within {epochs} epochs"
+            rows.append(f"{relu} did not reach 25% training error within {_count(epochs, 'epoch')}"
                         + (f" ({tanh}: {b:.1f})" if b is not None else ", nor did " + tanh))
     rows.append(f"paper: {results['paper']}")
     return "\n".join(rows)

@@ -139,8 +139,9 @@ def test_inputs_subtract_the_mean_image_and_flip():
     assert torch.allclose(x[0], -x[1])  # two images: each is ± half their difference from the mean
     flipped = inputs(images, np.array([True, False]))
     assert torch.equal(flipped[0], x[0].flip(2)) and torch.equal(flipped[1], x[1])
-    unit = _Inputs(Split(images, np.array([0, 1])), "unit")
-    assert torch.allclose(unit(images), x / unit.scale) and unit.scale > 1
+    unit = _Inputs(Split(images, np.array([0, 1])), "unit", chunk=1)
+    assert unit.scale == pytest.approx(torch.from_numpy(images).double().std(correction=0).item())
+    assert torch.allclose(unit(images), x / unit.scale)
 
 
 def read_png_size(path: Path) -> tuple[int, int]:
@@ -156,7 +157,7 @@ def test_experiment_runs_end_to_end(shared_data, tmp_path, capsys, name, epochs)
     main(["experiment", name, "--data", str(data), "--epochs", str(epochs), "--batch-size", "50", "--out", str(out),
           "--cache", str(tmp_path / "cache")])
     printed = capsys.readouterr().out
-    assert f"{name}: 200 training and 50 test images, {epochs} epochs, batch 50" in printed
+    assert f"{name}: 200 training and 50 test images, {epochs} epoch{'s' if epochs > 1 else ''}, batch 50" in printed
     assert read_png_size(out / f"{name}.png") == (640, 480)
     with (out / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
