@@ -33,6 +33,16 @@ def _experiment(args: argparse.Namespace) -> None:
                                     args.cache, args.threads))
 
 
+def _threads(text: str) -> int | None:
+    """--threads: "auto" (None) or a number."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     from .lrn import MODES
 
@@ -62,9 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of the stored square images")
     p.set_defaults(run=_prepare)
 
-    import torch
-
-    from .experiments import DEFAULT_CACHE, EXPERIMENTS
+    from .experiments import CORES, DEFAULT_CACHE, EXPERIMENTS
 
     p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's small-scale CIFAR-10 experiments",
                             description="Train two variants of a four-layer CNN on CIFAR-10 (class folders of 32×32 "
@@ -82,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("--out", default=f"runs/experiments/{name}", help="folder for the figure, curves and results")
         e.add_argument("--seed", type=int, default=0, help="seed of the initial weights, batch order and flips")
         e.add_argument("--cache", default=DEFAULT_CACHE, help="folder for the decoded images (.npz)")
-        e.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                       help="CPU threads for training and testing; on a busy machine 1 can be much faster")
+        e.add_argument("--threads", type=_threads, default="auto",
+                       help=f"CPU threads; auto: {CORES} (one per core) or 1, whichever trains "
+                            "faster, chosen again each epoch (on a busy machine 1 can be much faster)")
     p.set_defaults(run=_experiment)
     return parser
 

@@ -25,6 +25,7 @@ import csv
 import hashlib
 import json
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,7 @@ SIDE = 32  # CIFAR-10 images are 32×32
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 INITS = ("lecun", "paper")
 DEFAULT_CACHE = "~/.cache/alexnet"
+CORES = torch.get_num_threads()  # PyTorch's default: one thread per core
 
 
 class FourLayerNet(nn.Module):
@@ -108,8 +110,10 @@ class Setup:
     variants: tuple[Variant, Variant]
     curve: str  # "train" or "test": the error the figure shows
     # The default number of epochs: both variants on the full CIFAR-10 within 30 minutes on a 2-core machine.
-    # Measured there with one thread (a busy machine): 1,600 training images/s (1,400 with LRN), 5,000 test
-    # images/s, so 20 epochs of both variants take about 23 minutes; two threads on a quiet machine, less.
+    # Measured there (batch 128; every variant within 5% of these): 3,000 training images/s with two threads
+    # on a quiet machine, 1,700 with one thread; so 25 epochs of both variants take about 15 minutes, or 26
+    # with one thread. Two threads on a busy machine fall to 300-900 images/s (threads waiting for each
+    # other); there, one thread is faster, and ThreadChooser takes it.
     epochs: int
     pixels: str  # "raw": mean image subtracted, 0-255 scale (§2); "unit": also divided by the pixel std
     init: str
@@ -131,7 +135,7 @@ class Setup:
 RELU_VS_TANH = Setup(
     "ReLU vs tanh (Figure 1)",
     (Variant("ReLU", lr=0.01, activation="relu"), Variant("tanh", lr=0.03, activation="tanh")),
-    curve="train", epochs=20, pixels="unit", init="lecun",
+    curve="train", epochs=25, pixels="unit", init="lecun",
     paper="ReLU reached 25% training error six times faster than tanh (Figure 1)")
 
 # §3.3 and §3.4 at small scale. LRN's constants (k = 2, alpha = 1e-4) are in the units of the paper's
@@ -154,14 +158,14 @@ RELU_VS_TANH = Setup(
 LRN_ABLATION = Setup(
     "LRN (§3.3)",
     (Variant("with LRN", lr=0.003, lrn="paper"), Variant("without LRN", lr=0.003, lrn="none")),
-    curve="test", epochs=20, pixels="raw", init="paper", weight_decay=5e-4, flip=True, drop_at=0.75,
+    curve="test", epochs=25, pixels="raw", init="paper", weight_decay=5e-4, flip=True, drop_at=0.75,
     paper="a four-layer CNN on CIFAR-10: 13% test error without LRN, 11% with it (§3.3)")
 
 POOLING_ABLATION = Setup(
     "overlapping pooling (§3.4)",
     (Variant("pool 3/2 (overlapping)", lr=0.003, lrn="paper", pool=(3, 2)),
      Variant("pool 2/2", lr=0.003, lrn="paper", pool=(2, 2))),
-    curve="test", epochs=20, pixels="raw", init="paper", weight_decay=5e-4, flip=True, drop_at=0.75,
+    curve="test", epochs=25, pixels="raw", init="paper", weight_decay=5e-4, flip=True, drop_at=0.75,
     paper="AlexNet on ImageNet: 0.4 / 0.3 points lower top-1 / top-5 error with 3/2 than with 2/2 (§3.4)")
 
 EXPERIMENTS = {"relu-vs-tanh": RELU_VS_TANH, "lrn": LRN_ABLATION, "pooling": POOLING_ABLATION}
@@ -178,7 +182,7 @@ class ExperimentConfig:
     batch_size: int = 128
     seed: int = 0
     cache: str = DEFAULT_CACHE
-    threads: int | None = None  # None: PyTorch's default, one per core
+    threads: int | None = None  # None: one per core or one, whichever trains faster (ThreadChooser)
     progress: bool = True
 
 
@@ -200,6 +204,7 @@ class Curve:
     train_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)  # in use at the end of the epoch
     images: int = 0  # training images seen, for the throughput
     train_seconds: float = 0.0
 
@@ -310,8 +315,45 @@ class _Inputs:
         return x.permute(0, 3, 1, 2)  # an (N, C, H, W) view with channels-last strides
 
 
+class ThreadChooser:
+    """A fixed number of threads, or (None) each epoch's first steps alternated between one thread per core
+    and one thread, keeping the faster for the rest of the epoch (in epochs at least ten times as long as
+    the trial; shorter ones keep one thread per core).
+
+    On a machine busy with other work, the threads of one process wait for each other: measured on 2 cores,
+    two threads trained 300-900 images/s where one thread trained 1,700 (and 3,000 when the machine was quiet).
+    """
+
+    def __init__(self, threads: int | None, steps: int, trials: int = 6):
+        cores = CORES if threads is None else threads
+        auto = threads is None and cores > 1 and steps >= 10 * 2 * (trials + 1)
+        self.choices = (cores, 1) if auto else (cores,)
+        self.trials = trials  # steps timed with each choice, after one to warm up
+        self.chosen = cores
+        self.times: dict[int, list[float]] = {}
+
+    def threads(self, step: int) -> int:
+        """The number of threads for this step of the epoch."""
+        if step == 0:
+            self.times = {t: [] for t in self.choices}
+        return self.choices[step % 2] if self._trying(step) else self.chosen
+
+    def record(self, step: int, seconds: float) -> None:
+        """Note how long a step took; after the last trial step, choose."""
+        if not self._trying(step):
+            return
+        if step >= 2:
+            self.times[self.choices[step % 2]].append(seconds)
+        if step == 2 * (self.trials + 1) - 1:
+            self.chosen = min(self.choices, key=lambda t: statistics.median(self.times[t]))
+
+    def _trying(self, step: int) -> bool:
+        return len(self.choices) > 1 and step < 2 * (self.trials + 1)
+
+
 def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inputs: _Inputs, classes: int,
-                  epochs: int, batch_size: int, seed: int, progress: bool = True) -> Curve:
+                  epochs: int, batch_size: int, seed: int, threads: int | None = None,
+                  progress: bool = True) -> Curve:
     """Train one variant for `epochs`, recording its training and test error after every epoch."""
     from tqdm import tqdm
 
@@ -324,6 +366,7 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
     curve = Curve(variant.label)
     n = len(labels)
     steps = -(-n // batch_size)
+    chooser = ThreadChooser(threads, steps)
     for epoch in range(epochs):
         start = time.perf_counter()
         order = epoch_order(n, seed, epoch, shuffle=True)  # the same batches for both variants
@@ -335,6 +378,8 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
         bar = tqdm(range(steps), desc=f"{variant.label} {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not progress)
         for step in bar:
+            torch.set_num_threads(chooser.threads(step))
+            step_start = time.perf_counter()
             index = order[step * batch_size:(step + 1) * batch_size]
             x = inputs(train.images[index], None if flips is None else flips[index])
             y = labels[index]
@@ -346,6 +391,7 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
             with torch.no_grad():
                 wrong += (scores.argmax(1) != y).sum()
                 loss_sum += loss.detach() * len(index)
+            chooser.record(step, time.perf_counter() - step_start)
         bar.close()
         seconds = time.perf_counter() - start
         curve.images += n
@@ -355,8 +401,10 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
         curve.test_error.append(test_error(net, test, inputs))
         curve.lr.append(optimizer.param_groups[0]["lr"])
         curve.seconds.append(time.perf_counter() - start)
+        curve.threads.append(torch.get_num_threads())
         print(f"{variant.label}, epoch {epoch + 1}/{epochs}: training error {curve.train_error[-1]:.4f}, "
-              f"test error {curve.test_error[-1]:.4f}, {n / seconds:.0f} images/s", flush=True)
+              f"test error {curve.test_error[-1]:.4f}, {n / seconds:.0f} images/s, "
+              f"{_count(curve.threads[-1], 'thread')}", flush=True)
     return curve
 
 
@@ -380,19 +428,23 @@ def run_experiment(config: ExperimentConfig) -> dict:
     if epochs < 1 or config.batch_size < 1:
         raise ValueError(f"epochs and batch size must be positive, got {epochs} and {config.batch_size}")
     keep_freed_memory()
-    if config.threads is not None:
-        if config.threads < 1:
-            raise ValueError(f"the number of threads must be positive, got {config.threads}")
-        torch.set_num_threads(config.threads)
+    if config.threads is not None and config.threads < 1:
+        raise ValueError(f"the number of threads must be positive, got {config.threads}")
     train, test, classes = load_cifar(config.data, config.cache, config.progress)
     out = Path(config.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({**asdict(config), "epochs": epochs}, indent=1) + "\n")
     print(f"{config.experiment}: {len(train.labels)} training and {len(test.labels)} test images, "
-          f"{_count(epochs, 'epoch')}, batch {config.batch_size}, {_count(torch.get_num_threads(), 'thread')}")
+          f"{_count(epochs, 'epoch')}, batch {config.batch_size}, "
+          + (f"{_count(config.threads, 'thread')}" if config.threads is not None
+             else f"{CORES} threads or 1, whichever is faster"))
     inputs = _Inputs(train, setup.pixels)
-    curves = [train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
-                            config.seed, config.progress) for variant in setup.variants]
+    threads = torch.get_num_threads()
+    try:
+        curves = [train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
+                                config.seed, config.threads, config.progress) for variant in setup.variants]
+    finally:
+        torch.set_num_threads(threads)
 
     write_curves(out / "curves.csv", curves)
     results = summarize(config.experiment, curves)
@@ -411,11 +463,11 @@ def write_curves(path: Path, curves: list[Curve]) -> None:
     """One CSV row per variant and epoch."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "epoch", "train_error", "test_error", "train_loss", "lr", "seconds"])
+        writer.writerow(["variant", "epoch", "train_error", "test_error", "train_loss", "lr", "seconds", "threads"])
         for c in curves:
             for epoch, row in enumerate(zip(c.train_error, c.test_error, c.train_loss, c.lr, c.seconds,
                                             strict=True), start=1):
-                writer.writerow([c.label, epoch, *(f"{v:.6g}" for v in row)])
+                writer.writerow([c.label, epoch, *(f"{v:.6g}" for v in row), c.threads[epoch - 1]])
 
 
 def summarize(experiment: str, curves: list[Curve]) -> dict:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from alexnet import experiments
 from alexnet.cli import main
-from alexnet.experiments import EXPERIMENTS, FourLayerNet, Split, _Inputs, epochs_to_reach, init_weights, load_cifar
+from alexnet.experiments import EXPERIMENTS, FourLayerNet, Split, ThreadChooser, epochs_to_reach, init_weights
 
 
 def cifar_folder(shared_data: Path, root: Path, train: int = 20, test: int = 5, test_name: str = "test") -> Path:
@@ -133,15 +133,50 @@ def test_report_states_the_ratio_or_a_lower_bound():
 
 def test_inputs_subtract_the_mean_image_and_flip():
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    inputs = _Inputs(Split(images, np.array([0, 1])), "raw")
+    inputs = experiments._Inputs(Split(images, np.array([0, 1])), "raw")
     x = inputs(images)
     assert x.shape == (2, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(x[0], -x[1])  # two images: each is ± half their difference from the mean
     flipped = inputs(images, np.array([True, False]))
     assert torch.equal(flipped[0], x[0].flip(2)) and torch.equal(flipped[1], x[1])
-    unit = _Inputs(Split(images, np.array([0, 1])), "unit", chunk=1)
+    unit = experiments._Inputs(Split(images, np.array([0, 1])), "unit", chunk=1)
     assert unit.scale == pytest.approx(torch.from_numpy(images).double().std(correction=0).item())
     assert torch.allclose(unit(images), x / unit.scale)
+
+
+def run_epoch(chooser: ThreadChooser, steps: int, seconds: dict[int, float]) -> list[int]:
+    """The thread counts the chooser asks for over one epoch, each step taking `seconds[threads]`."""
+    used = []
+    for step in range(steps):
+        used.append(chooser.threads(step))
+        chooser.record(step, seconds[used[-1]])
+    return used
+
+
+def test_thread_chooser_tries_both_then_keeps_the_faster():
+    chooser = ThreadChooser(None, steps=80, trials=3)
+    if chooser.choices == (1,):
+        pytest.skip("a single core: nothing to choose")
+    cores = chooser.choices[0]
+    busy = run_epoch(chooser, 20, {cores: 0.5, 1: 0.1})
+    assert busy[:8] == [cores, 1] * 4 and busy[8:] == [1] * 12
+    quiet = run_epoch(chooser, 20, {cores: 0.05, 1: 0.1})  # chosen again each epoch
+    assert quiet[:8] == [cores, 1] * 4 and quiet[8:] == [cores] * 12
+
+
+def test_thread_chooser_ignores_the_warm_up_step_and_keeps_a_fixed_count():
+    chooser = ThreadChooser(None, steps=60, trials=2)
+    if chooser.choices == (1,):
+        pytest.skip("a single core: nothing to choose")
+    cores = chooser.choices[0]
+    times = iter([9.0, 9.0, 0.2, 0.1, 0.2, 0.1] + [0.1] * 4)  # the first step of each count is slow
+    used = []
+    for step in range(10):
+        used.append(chooser.threads(step))
+        chooser.record(step, next(times))
+    assert used[6:] == [1] * 4 and cores != 1
+    assert run_epoch(ThreadChooser(3, steps=1000), 10, {3: 1.0}) == [3] * 10
+    assert ThreadChooser(None, steps=59, trials=2).choices == (cores,)  # too short an epoch to try
 
 
 def read_png_size(path: Path) -> tuple[int, int]:
@@ -163,6 +198,7 @@ def test_experiment_runs_end_to_end(shared_data, tmp_path, capsys, name, epochs)
         rows = list(csv.DictReader(f))
     labels = [v.label for v in EXPERIMENTS[name].variants]
     assert [(r["variant"], int(r["epoch"])) for r in rows] == [(v, e) for v in labels for e in range(1, epochs + 1)]
+    assert {int(r["threads"]) for r in rows} == {torch.get_num_threads()}  # 4 steps an epoch: too few to try 1 thread
     for r in rows:
         assert 0 <= float(r["train_error"]) <= 1 and 0 <= float(r["test_error"]) <= 1
         assert float(r["lr"]) == next(v.lr for v in EXPERIMENTS[name].variants if v.label == r["variant"])
@@ -176,7 +212,7 @@ def test_experiment_runs_end_to_end(shared_data, tmp_path, capsys, name, epochs)
 
 def test_decoded_images_are_cached(shared_data, tmp_path, monkeypatch):
     data = cifar_folder(shared_data, tmp_path / "cifar", train=3, test=2, test_name="val")
-    train, test, classes = load_cifar(data, tmp_path / "cache", progress=False)
+    train, test, classes = experiments.load_cifar(data, tmp_path / "cache", progress=False)
     assert train.images.shape == (30, 32, 32, 3) and train.images.dtype == np.uint8
     assert test.images.shape == (20, 32, 32, 3)
     assert classes[:3] == ["airplane", "automobile", "bird"] and list(train.labels[:4]) == [0, 0, 0, 1]
@@ -186,7 +222,7 @@ def test_decoded_images_are_cached(shared_data, tmp_path, monkeypatch):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(experiments, "open_rgb", no_decoding)
-    again, again_test, _ = load_cifar(data, tmp_path / "cache", progress=False)
+    again, again_test, _ = experiments.load_cifar(data, tmp_path / "cache", progress=False)
     assert np.array_equal(again.images, train.images) and np.array_equal(again_test.labels, test.labels)
 
 
@@ -195,7 +231,7 @@ def test_test_split_is_labelled_by_the_train_classes(shared_data, tmp_path):
     for name in sorted(p.name for p in (data / "test").iterdir()):
         if name not in ("cat", "ship"):
             shutil.rmtree(data / "test" / name)
-    train, test, classes = load_cifar(data, None, progress=False)
+    train, test, classes = experiments.load_cifar(data, None, progress=False)
     assert list(test.labels) == [classes.index("cat")] * 3 + [classes.index("ship")] * 3
 
 
@@ -204,7 +240,7 @@ def test_images_of_another_size_are_refused(tmp_path):
         (tmp_path / split / "a").mkdir(parents=True)
         Image.new("RGB", (32, 32) if split == "train" else (64, 48)).save(tmp_path / split / "a" / "x.png")
     with pytest.raises(ValueError, match=r"x.png is 64×48: the experiments take 32×32 images"):
-        load_cifar(tmp_path, None, progress=False)
+        experiments.load_cifar(tmp_path, None, progress=False)
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -239,7 +275,7 @@ def test_experiment_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "relu-vs-tanh", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: 20)", "(default: 128)", "(default: runs/experiments/relu-vs-tanh)", "(default: 0)",
-                    "(default: ~/.cache/alexnet)", f"(default: {torch.get_num_threads()})"):
+    for default in ("(default: 25)", "(default: 128)", "(default: runs/experiments/relu-vs-tanh)", "(default: 0)",
+                    "(default: ~/.cache/alexnet)", "(default: auto)"):
         assert default in text
 
