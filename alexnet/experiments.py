@@ -398,7 +398,7 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
         curve.train_seconds += seconds
         curve.train_error.append(wrong.item() / n)
         curve.train_loss.append(loss_sum.item() / n)
-        curve.test_error.append(test_error(net, test, inputs))
+        curve.test_error.append(error_rate(net, test, inputs))
         curve.lr.append(optimizer.param_groups[0]["lr"])
         curve.seconds.append(time.perf_counter() - start)
         curve.threads.append(torch.get_num_threads())
@@ -409,14 +409,14 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
 
 
 @torch.inference_mode()
-def test_error(net: nn.Module, test: Split, inputs: _Inputs, batch_size: int = 1000) -> float:
+def error_rate(net: nn.Module, split: Split, inputs: _Inputs, batch_size: int = 1000) -> float:
     """The fraction of the split's images whose top-scoring class is not their label."""
     net.eval()
     wrong = 0
-    for first in range(0, len(test.labels), batch_size):
-        scores = net(inputs(test.images[first:first + batch_size]))
-        wrong += int((scores.argmax(1) != torch.from_numpy(test.labels[first:first + batch_size])).sum())
-    return wrong / len(test.labels)
+    for first in range(0, len(split.labels), batch_size):
+        scores = net(inputs(split.images[first:first + batch_size]))
+        wrong += int((scores.argmax(1) != torch.from_numpy(split.labels[first:first + batch_size])).sum())
+    return wrong / len(split.labels)
 
 
 def run_experiment(config: ExperimentConfig) -> dict:
@@ -529,7 +529,8 @@ def plot(path: Path, setup: Setup, curves: list[Curve]) -> None:
     ax.set_xlabel("epochs")
     ax.set_ylabel("training error rate" if setup.curve == "train" else "test error rate")
     ax.set_title(f"CIFAR-10, four-layer CNN: {setup.title}")
-    ax.set_ylim(0, max(0.8, *(max(c.train_error + c.test_error) for c in curves)))
+    if setup.curve == "train":  # Figure 1's scale; test errors are left to autoscale, to show small gaps
+        ax.set_ylim(0, max(0.8, *(max(c.train_error) for c in curves)))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

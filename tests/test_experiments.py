@@ -179,6 +179,17 @@ def test_thread_chooser_ignores_the_warm_up_step_and_keeps_a_fixed_count():
     assert ThreadChooser(None, steps=59, trials=2).choices == (cores,)  # too short an epoch to try
 
 
+def test_error_rate_counts_wrong_top_classes():
+    class AlwaysClassTwo(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full((len(x),), 2), 10).float()
+
+    images = np.zeros((5, 32, 32, 3), np.uint8)
+    split = Split(images, np.array([2, 0, 2, 2, 9]))
+    inputs = experiments._Inputs(split, "raw")
+    assert experiments.error_rate(AlwaysClassTwo(), split, inputs, batch_size=2) == pytest.approx(2 / 5)
+
+
 def read_png_size(path: Path) -> tuple[int, int]:
     with Image.open(path) as im:
         assert im.format == "PNG"
