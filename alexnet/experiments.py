@@ -5,7 +5,7 @@ Each experiment trains two variants of one small network in turn, on the CPU, fr
 weights and through the same sequence of mini-batches, and writes into its output folder:
 
     config.json     the settings of the run
-    curves.csv      one row per variant and epoch: training and test error, loss, learning rate, seconds
+    curves.csv      one row per variant and epoch: training and test error, loss, learning rate, seconds, threads
     results.json    per variant: final and best errors, training images/s; relu-vs-tanh: epochs to 25%
     <name>.png      training error (relu-vs-tanh) or test error (lrn, pooling) against epochs, both variants
 
