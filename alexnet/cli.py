@@ -117,6 +117,23 @@ def _neighbors(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _experiment(args: argparse.Namespace) -> None:
+    from .experiments import ExperimentConfig, run_experiment
+
+    run_experiment(ExperimentConfig(args.experiment, args.data, args.out, args.epochs, args.batch_size, args.seed,
+                                    args.cache, args.threads))
+
+
+def _threads(text: str) -> int | None:
+    """--threads: "auto" (None) or a number."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     from .lrn import MODES
 
@@ -254,6 +271,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16384, help="stored features per matrix product (16 KiB each)")
     p.add_argument("--device", default="auto", help="device for the queries' features: auto, cpu, cuda, ...")
     p.set_defaults(run=_neighbors)
+    from .experiments import CORES, DEFAULT_CACHE, EXPERIMENTS
+
+    p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's small-scale CIFAR-10 experiments",
+                            description="Train two variants of a four-layer CNN on CIFAR-10 (class folders of 32×32 "
+                                        "images) on the CPU; write their curves, a figure and a table.")
+    experiments = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name, setup in EXPERIMENTS.items():
+        e = experiments.add_parser(name, formatter_class=fmt, help=setup.title,
+                                   description=f"{setup.title}: {' against '.join(v.label for v in setup.variants)}. "
+                                               f"The paper: {setup.paper}.")
+        e.add_argument("--data", required=True, default=argparse.SUPPRESS,
+                       help="CIFAR-10 folder: DATA/train/<class>/*, DATA/test/<class>/* (or DATA/val/<class>/*); "
+                            "required")
+        e.add_argument("--epochs", type=int, default=setup.epochs, help="epochs per network")
+        e.add_argument("--batch-size", type=int, default=128, help="images per mini-batch")
+        e.add_argument("--out", default=f"runs/experiments/{name}", help="folder for the figure, curves and results")
+        e.add_argument("--seed", type=int, default=0, help="seed of the initial weights, batch order and flips")
+        e.add_argument("--cache", default=DEFAULT_CACHE, help="folder for the decoded images (.npz)")
+        e.add_argument("--threads", type=_threads, default="auto",
+                       help=f"CPU threads; auto: {CORES} (one per core) or 1, whichever trains "
+                            "faster, chosen again each epoch (on a busy machine 1 can be much faster)")
+    p.set_defaults(run=_experiment)
     return parser
 
 
