@@ -134,10 +134,19 @@ def _threads(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says it or it is a switch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "") or action.nargs == 0:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     from .lrn import MODES
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
     parser = argparse.ArgumentParser(
         prog="alexnet", formatter_class=fmt,
         description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
@@ -165,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from .optim import SCHEDULES
     from .runtime import PRECISIONS
-    from .train import DEFAULT_EPOCHS, PAPER_EPOCHS
+    from .train import BUILT_IN, PAPER_EPOCHS
 
     p = commands.add_parser("train", formatter_class=fmt, help="train with the paper's recipe (the main job)",
                             description="Train AlexNet with the paper's recipe (§5): SGD with momentum 0.9 and "
@@ -175,10 +184,11 @@ def _parser() -> argparse.ArgumentParser:
                                                 "and val/ (default: the built-in photos)")
     p.add_argument("--arch", choices=ARCHS, default="paper", help="network variant")
     p.add_argument("--lrn", choices=MODES, default=None, help="LRN formula (default: the architecture's own)")
-    p.add_argument("--init", choices=INITS, default=None, help="initialization (default: the architecture's own)")
+    p.add_argument("--init", choices=INITS, default=None,
+                   help=f"initialization (default: the architecture's own; {BUILT_IN['init']} on the built-in photos)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability on fc6 and fc7")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs (default: {PAPER_EPOCHS}, or {DEFAULT_EPOCHS} on the built-in photos)")
+                   help=f"epochs (default: {PAPER_EPOCHS}, or {BUILT_IN['epochs']} on the built-in photos)")
     p.add_argument("--batch-size", type=int, default=128, help="images per step, over all processes")
     p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
     p.add_argument("--momentum", type=float, default=0.9, help="momentum")

@@ -49,8 +49,9 @@ class Schedule:
     """The learning rate by epoch: the paper's divide-by-10-on-plateau, or step or cosine, with a warm-up.
 
     plateau (§5): divide by 10 when the validation error has not improved by `min_delta` for
-    `patience` epochs, at most `max_drops` times (the paper: three). step: divide by 10 every
-    `step_size` epochs (the PyTorch ImageNet example: 30). cosine: from lr to 0 over `epochs`.
+    `patience` epochs, at most `max_drops` times (the paper: three). Before the error has improved
+    once it has not "stopped improving": a flat start (as with Caffe's initialization) costs no drop.
+    step: divide by 10 every `step_size` epochs (the PyTorch ImageNet example: 30). cosine: from lr to 0 over `epochs`.
     Warm-up: linear from lr / (warm-up steps) to lr over the first `warmup_epochs`.
     """
 
@@ -66,6 +67,7 @@ class Schedule:
     drops: int = 0
     best: float = math.inf
     bad_epochs: int = 0
+    improved: bool = False
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
@@ -88,7 +90,10 @@ class Schedule:
         if self.kind != "plateau":
             return False
         if val_error < self.best - self.min_delta:
+            self.improved |= self.best < math.inf
             self.best, self.bad_epochs = val_error, 0
+            return False
+        if not self.improved:
             return False
         self.bad_epochs += 1
         if self.bad_epochs < self.patience or self.drops >= self.max_drops:

@@ -298,9 +298,16 @@ def test_bad_inputs_are_one_line_errors(photos, store, ckpts, features, tmp_path
 
 
 def test_every_option_shows_its_default_in_help():
+    """Each option's help ends with its default, or says the default itself; switches have none to show."""
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for name in ("filters", "predict", "features", "neighbors"):
-        text = " ".join(commands[name].format_help().split())
-        for action in commands[name]._actions:
-            if action.option_strings and action.dest != "help" and not action.required:
-                assert f"{' '.join(action.help.split())} (default: {action.default})" in text, (name, action.dest)
+    for name, command in commands.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if not action.option_strings or action.dest == "help" or action.required or action.nargs == 0:
+                continue
+            helped = " ".join(action.help.split())
+            assert helped in text, (name, action.dest)
+            if "default" not in helped:
+                assert f"{helped} (default: {action.default})" in text, (name, action.dest)
+            else:
+                assert f"{helped} (default: {action.default})" not in text, (name, action.dest)

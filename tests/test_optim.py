@@ -59,6 +59,11 @@ def test_plateau_divides_by_ten_after_patience_at_most_three_times():
     assert s.rate(20) == pytest.approx(1e-5)
 
 
+def test_plateau_does_not_drop_before_the_error_first_improves():
+    s = Schedule("plateau", lr=0.01, patience=2)
+    assert [s.end_epoch(e) for e in (0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8)] == [False] * 6 + [True]
+
+
 def test_step_cosine_and_warmup():
     step = Schedule("step", lr=0.01, step_size=30)
     assert [step.rate(e) for e in (0, 29.9, 30, 60)] == pytest.approx([0.01, 0.01, 0.001, 0.0001])
