@@ -41,7 +41,7 @@ from . import checkpoint
 from .data.augment import center_crop
 from .data.folders import DEFAULT_DATA, BadImageError, preprocess
 from .data.loader import Loader, is_store, open_split
-from .data.store import Store, _atomic_write
+from .data.store import Store, atomic_write
 from .evaluate import load_members, probabilities, top5
 from .runtime import autocast, choose_device, choose_precision, keep_freed_memory
 
@@ -302,7 +302,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
 
 def extract_features(path: str, data: str | None, out: str | Path, split: str = "train", batch_size: int = 64,
@@ -343,8 +343,8 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
         _write_json(out / "meta.json", meta)
         features = np.lib.format.open_memmap(out / "features.npy", mode="w+", dtype=np.float32,
                                              shape=(len(files), FEATURE_DIM))
-        _atomic_write(out / "labels.npy", lambda f: np.save(f, np.asarray(source.labels, np.int64)))
-        _atomic_write(out / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
+        atomic_write(out / "labels.npy", lambda f: np.save(f, np.asarray(source.labels, np.int64)))
+        atomic_write(out / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
         done = {"rows": 0, "bad": []}
         _write_json(out / "progress.json", done)
     else:

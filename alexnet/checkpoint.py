@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .data.augment import Recipe
+from .data.store import atomic_write
 from .model import build_model
 
 FORMAT = "alexnet-checkpoint-1"
@@ -15,12 +16,7 @@ FORMAT = "alexnet-checkpoint-1"
 
 def save(path: Path, state: dict) -> None:
     """Write `state` (tensors, numbers, strings, lists, dicts) to `path` through a temporary file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def copy(src: Path, dst: Path) -> None:

@@ -26,8 +26,10 @@ import json
 import multiprocessing
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images
 VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary file and a rename: the file is there whole or not at all."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -49,7 +51,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
 
 def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | None], tuple]:
@@ -160,7 +162,7 @@ def _write_shard(pool, files: list[str], labels: list[int], size: int, marker: P
         written = np.load(partial, mmap_mode="r")
         np.save(partial, written[kept])
     partial.replace(images_path)
-    _atomic_write(marker, lambda f: np.savez(
+    atomic_write(marker, lambda f: np.savez(
         f, labels=np.array(labels, np.int64)[kept], files=np.array(files)[kept],
         image_sum=sums[0], pixel_sum=sums[1], pixel_outer=sums[2]))
 
@@ -178,8 +180,8 @@ def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> t
                 pixel_sum += shard["pixel_sum"]
                 pixel_outer += shard["pixel_outer"]
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    _atomic_write(folder / "labels.npy", lambda f: np.save(f, labels))
-    _atomic_write(folder / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
+    atomic_write(folder / "labels.npy", lambda f: np.save(f, labels))
+    atomic_write(folder / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
     return len(labels), image_sum, pixel_sum, pixel_outer
 
 
@@ -199,8 +201,8 @@ def _write_statistics(dst: Path, count: int, image_sum: np.ndarray, pixel_sum: n
     if count == 0:
         raise ValueError("the training split has no usable images")
     pca = rgb_pca(pixel_sum, pixel_outer, count * image_sum.shape[0] * image_sum.shape[1])
-    _atomic_write(dst / "mean.npy", lambda f: np.save(f, image_sum / count))
-    _atomic_write(dst / "rgb.npz", lambda f: np.savez(f, **pca))
+    atomic_write(dst / "mean.npy", lambda f: np.save(f, image_sum / count))
+    atomic_write(dst / "rgb.npz", lambda f: np.savez(f, **pca))
 
 
 @dataclass
