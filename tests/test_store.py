@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -105,6 +106,19 @@ def test_prepared_store_is_not_prepared_twice_and_a_changed_source_starts_over(p
     shutil.rmtree(photos / "val" / sorted(os.listdir(photos / "val"))[0])
     store = prepare(photos, tmp_path / "store", workers=1, progress=False)
     assert "starting over" in capsys.readouterr().out and len(store.split("val")) == 6
+
+
+def test_a_store_of_an_older_format_is_refused_and_remade(photos, tmp_path, capsys):
+    """Format 1 kept the RGB PCA on the 0-255 scale: read as format 2 it would make colour noise 255× too big."""
+    prepare(photos, tmp_path / "store", workers=1, progress=False)
+    for name in ("store.json", "plan.json"):  # what the previous version wrote: format 1, its own digest
+        meta = json.loads((tmp_path / "store" / name).read_text())
+        (tmp_path / "store" / name).write_text(json.dumps({**meta, "version": 1, "digest": "from version 1"}))
+    with pytest.raises(ValueError, match="format 1, this alexnet reads format 2: run `alexnet prepare` again"):
+        Store(tmp_path / "store")
+    store = prepare(photos, tmp_path / "store", workers=1, progress=False)
+    assert "starting over" in capsys.readouterr().out
+    assert store.recipe().eigval.max() < 1  # the [0, 1] scale
 
 
 def test_a_foreign_destination_is_refused(photos, tmp_path):

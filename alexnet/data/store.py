@@ -37,7 +37,7 @@ import torch
 from .augment import Recipe
 from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
 
-VERSION = 1
+VERSION = 2  # 2: rgb.npz on the [0, 1] scale (1 had it on the 0-255 scale)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -105,7 +105,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
         if not (dst / "plan.json").is_file():
             raise ValueError(f"{dst} is not empty and is not an alexnet store; choose another destination")
         if json.loads((dst / "plan.json").read_text()).get("digest") != plan["digest"]:
-            print(f"{dst} was prepared from other files: starting over")
+            print(f"{dst} was prepared from other files or by another version: starting over")
             shutil.rmtree(dst)
     dst.mkdir(parents=True, exist_ok=True)
     _write_json(dst / "plan.json", plan)
@@ -242,6 +242,10 @@ class Store:
             why = "an unfinished store: run `alexnet prepare` again to finish it" if (
                 self.path / "plan.json").is_file() else "not a store made by `alexnet prepare`"
             raise ValueError(f"{self.path} is {why}")
+        version = json.loads((self.path / "store.json").read_text()).get("version")
+        if version != VERSION:
+            raise ValueError(f"{self.path} is a store of format {version}, this alexnet reads format {VERSION}: "
+                             "run `alexnet prepare` again to remake it")
         self.plan = json.loads((self.path / "plan.json").read_text())
         self.splits = list(self.plan["splits"])
 
