@@ -130,9 +130,9 @@ class Canvas:
         return path
 
 
-def _fit(text: str, width: int) -> str:
-    """Shorten `text` to what fits in `width` pixels of caption (about 6 pixels a character)."""
-    most = max(4, width // 6)
+def _fit(text: str, width: int, char: int = 6) -> str:
+    """Shorten `text` to what fits in `width` pixels of caption (about `char` pixels a character)."""
+    most = max(4, width // char)
     return text if len(text) <= most else text[:most - 1] + "…"
 
 
@@ -606,7 +606,7 @@ def plot_neighbours(found: Neighbours, out: str | Path) -> Path:
     for q, query in enumerate(found.queries):
         top, left = grid.origin(q, 0)
         canvas.paste(top, left, _center(found.pixels[q], crop))
-        canvas.text(top + crop + 2, left, _fit(f"query: {Path(query).name}", crop), weight="bold")
+        canvas.text(top + crop + 2, left, _fit(f"query: {Path(query).name}", crop, char=7), weight="bold")
         truth = found.truth[q]
         canvas.text(top + crop + 2 + LINE, left, "class unknown" if truth is None else _fit(f.names[truth], crop))
         for n, (d, row) in enumerate(zip(found.distances[q], found.rows[q], strict=True), 1):
