@@ -121,12 +121,10 @@ class Canvas:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.figure.figimage(self.pixels, xo=0, yo=0, origin="upper", zorder=-1)
-        tmp = path.with_name(path.stem + ".tmp.png")
         try:
-            self.figure.savefig(tmp, dpi=DPI, format="png")
+            atomic_write(path, lambda f: self.figure.savefig(f, dpi=DPI, format="png"))
         finally:
             self.plt.close(self.figure)
-        tmp.replace(path)
         return path
 
 

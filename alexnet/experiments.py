@@ -38,6 +38,7 @@ from torch import nn
 
 from .data.folders import BadFiles, BadImageError, ImageList, list_images, open_rgb
 from .data.loader import epoch_order
+from .data.store import atomic_write
 from .lrn import LRN
 from .optim import PaperSGD, Schedule
 from .runtime import keep_freed_memory
@@ -250,10 +251,8 @@ def load_cifar(data: str | Path, cache: str | Path | None = DEFAULT_CACHE,
     splits = _decode(train, "train", progress), _decode(test, test.root.name, progress)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + ".tmp.npz")
-        np.savez(tmp, train_images=splits[0].images, train_labels=splits[0].labels,
-                 test_images=splits[1].images, test_labels=splits[1].labels)
-        tmp.replace(cached)
+        atomic_write(cached, lambda f: np.savez(f, train_images=splits[0].images, train_labels=splits[0].labels,
+                                                test_images=splits[1].images, test_labels=splits[1].labels))
     return splits[0], splits[1], train.classes
 
 

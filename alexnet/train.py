@@ -28,7 +28,7 @@ from . import checkpoint
 from .data.augment import Recipe, train_batch
 from .data.folders import DEFAULT_DATA, preprocess
 from .data.loader import Loader, is_store, open_split, split_names
-from .data.store import Store, prepare, rgb_pca
+from .data.store import Store, atomic_write, prepare, rgb_pca
 from .evaluate import Errors, evaluate
 from .model import build_model
 from .optim import Schedule, build_optimizer
@@ -217,10 +217,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, Path]:
