@@ -14,7 +14,7 @@ from . import checkpoint
 from .data.augment import Recipe, center_crop, ten_crop
 from .data.folders import preprocess
 from .data.loader import Loader, open_split
-from .runtime import autocast, choose_device, choose_precision, keep_freed_memory
+from .runtime import autocast, choose_device, choose_precision, keep_freed_memory, prepare_device
 
 Member = tuple[nn.Module, Recipe]  # a network and the training statistics its inputs are normalized with
 
@@ -116,9 +116,10 @@ def evaluate_checkpoints(paths: list[str], data: str | None, split: str = "val",
                          f"{len(source.classes)}" + (" (other ones)" if len(source.classes) == len(
                              states[0]["classes"]) else ""))
     dev = choose_device(device)
+    prepare_device(dev)
     members = [(m.to(dev).to(memory_format=torch.channels_last), r.to(dev)) for m, r in members]
     mixed = functools.partial(autocast, dev, choose_precision(precision, dev))
-    loader = Loader(source, batch_size, shuffle=False)
+    loader = Loader(source, batch_size, shuffle=False, pin_memory=dev.type == "cuda")
     with tqdm(total=len(source.labels), unit="img", desc="eval", disable=not progress, leave=False) as bar:
         errors = evaluate(members, loader.epoch(0), dev, states[0]["crop"], crops, mixed, progress=bar)
     if len(loader.bad):

@@ -32,7 +32,7 @@ from .data.store import Store, atomic_write, prepare, rgb_pca
 from .evaluate import Errors, evaluate
 from .model import build_model
 from .optim import Schedule, build_optimizer
-from .runtime import autocast, choose_device, choose_precision, keep_freed_memory
+from .runtime import autocast, choose_device, choose_precision, keep_freed_memory, prepare_device
 
 # The built-in photos (850 training images of 10 classes) get a short run with Caffe's initialization
 # (README, "The main job"): the paper's (biases 1) at the paper's learning rate sends a 10-class loss from
@@ -140,7 +140,7 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Data:
     if cfg.data is None:
         description = f"the built-in photos ({DEFAULT_DATA})"
     loader = functools.partial(Loader, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world=world,
-                               workers=cfg.workers)
+                               workers=cfg.workers, pin_memory=choose_device(cfg.device).type == "cuda")
     return Data(loader(train, shuffle=True), loader(val, shuffle=False), recipe, train.classes, train.names,
                 description)
 
@@ -265,6 +265,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         elif world > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        prepare_device(self.device)
         self.precision = choose_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.data = open_data(cfg, rank, world)

@@ -1,6 +1,9 @@
+import shutil
 from pathlib import Path
 
 import pytest
+
+from alexnet.data.store import prepare
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -11,3 +14,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+def photo_store(tmp_path_factory: pytest.TempPathFactory, train: int, val: int) -> Path:
+    """A store of the first 4 classes of imagenette-mini, `train` and `val` photos of each (skips if absent)."""
+    shared = SHARED_DATA / "imagenette-mini"
+    if not shared.is_dir():
+        pytest.skip("../shared/data is not present")
+    root = tmp_path_factory.mktemp("photos")
+    for split, count in (("train", train), ("val", val)):
+        for wnid in sorted(p.name for p in (shared / split).iterdir())[:4]:
+            (root / split / wnid).mkdir(parents=True)
+            for f in sorted((shared / split / wnid).iterdir())[:count]:
+                shutil.copy(f, root / split / wnid / f.name)
+    return prepare(root, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path

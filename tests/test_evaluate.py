@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import photo_store
 
 from alexnet import checkpoint
 from alexnet.data.augment import center_crop, ten_crop
-from alexnet.data.store import Store, prepare
+from alexnet.data.store import Store
 from alexnet.evaluate import evaluate, probabilities, wrong
 from alexnet.train import TrainConfig, Trainer
 
@@ -21,16 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    shared = ROOT.parent / "shared" / "data" / "imagenette-mini"
-    if not shared.is_dir():
-        pytest.skip("../shared/data is not present")
-    root = tmp_path_factory.mktemp("photos")
-    for split, count in (("train", 4), ("val", 5)):
-        for wnid in sorted(p.name for p in (shared / split).iterdir())[:4]:
-            (root / split / wnid).mkdir(parents=True)
-            for f in sorted((shared / split / wnid).iterdir())[:count]:
-                shutil.copy(f, root / split / wnid / f.name)
-    return prepare(root, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path
+    return photo_store(tmp_path_factory, train=4, val=5)
 
 
 @pytest.fixture(scope="module")

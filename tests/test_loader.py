@@ -135,11 +135,12 @@ def test_a_bad_file_is_skipped_reported_once_and_does_not_shift_labels(photos, c
 def test_an_error_while_reading_ahead_reaches_the_consumer(split, monkeypatch):
     calls = []
 
-    def failing_read(indices):
+    def failing_read(indices, out):
         calls.append(indices)
         if len(calls) == 2:
             raise OSError("disk gone")
-        return np.zeros((len(indices), 256, 256, 3), np.uint8)
+        out[:] = 0
+        return out
 
     monkeypatch.setattr(split, "read", failing_read)
     outcome = []

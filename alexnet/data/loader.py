@@ -71,11 +71,12 @@ class Loader:
     """One split as batches: shuffled or in order, sliced for this process, read ahead in the background."""
 
     def __init__(self, source: StoreSplit | ImageList, batch_size: int, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world: int = 1, workers: int = 2, size: int = 256):
+                 rank: int = 0, world: int = 1, workers: int = 2, size: int = 256, pin_memory: bool = False):
         if batch_size % world:
             raise ValueError(f"the batch size {batch_size} does not split evenly over {world} processes")
         self.source, self.batch_size, self.shuffle, self.seed = source, batch_size, shuffle, seed
         self.rank, self.world, self.workers, self.size = rank, world, workers, size
+        self.pin_memory = pin_memory  # batches in page-locked memory, so that copies to a GPU run asynchronously
         self.bad = BadFiles()
 
     def __len__(self) -> int:
@@ -104,17 +105,18 @@ class Loader:
         """The batches of `epoch`, from batch number `start` on (to resume mid-epoch)."""
         batches = self._slices(epoch, start)
         if isinstance(self.source, StoreSplit):
-            yield from _read_ahead(self.source, batches)
+            yield from _read_ahead(self.source, batches, self.pin_memory)
             return
         loader = torch.utils.data.DataLoader(_FolderBatch(self.source, batches, self.size), batch_size=None,
-                                             num_workers=self.workers, prefetch_factor=4 if self.workers else None)
+                                             num_workers=self.workers, prefetch_factor=4 if self.workers else None,
+                                             pin_memory=self.pin_memory)
         for images, labels, indices, bad in loader:
             for path, reason in bad:
                 self.bad.add(path, reason)
             yield images, labels, indices.numpy()  # the DataLoader made the indices a tensor
 
 
-def _read_ahead(split: StoreSplit, batches: list[np.ndarray], depth: int = 3):
+def _read_ahead(split: StoreSplit, batches: list[np.ndarray], pin_memory: bool, depth: int = 3):
     """Read the store's batches in a background thread (memory-map copies release the GIL)."""
     ready: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
@@ -124,7 +126,9 @@ def _read_ahead(split: StoreSplit, batches: list[np.ndarray], depth: int = 3):
             for indices in batches:
                 if stop.is_set():
                     return
-                images = torch.from_numpy(split.read(indices))
+                images = torch.empty((len(indices), *split.shards[0].shape[1:]), dtype=torch.uint8,
+                                     pin_memory=pin_memory)
+                split.read(indices, out=images.numpy())
                 ready.put((images, torch.from_numpy(split.labels[indices]), indices))
         except Exception as err:  # raised in the consumer, which would otherwise wait forever
             ready.put(err)

@@ -221,9 +221,10 @@ class StoreSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """The images at `indices` (any order), uint8 (len, 256, 256, 3)."""
-        out = np.empty((len(indices), *self.shards[0].shape[1:]), np.uint8)
+    def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The images at `indices` (any order), uint8 (len, 256, 256, 3), into `out` if given."""
+        if out is None:
+            out = np.empty((len(indices), *self.shards[0].shape[1:]), np.uint8)
         shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
         for s in np.unique(shard_of):
             rows = np.flatnonzero(shard_of == s)
