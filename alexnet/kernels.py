@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-SOURCES = ("bindings.cpp", "lrn.cpp", "augment.cpp")
+SOURCES = ("bindings.cpp", "lrn.cpp", "augment.cpp", "stats.cpp")
 
 
 @functools.cache

@@ -39,6 +39,7 @@ from .runtime import autocast, choose_device, choose_precision, keep_freed_memor
 # 2.3 to over 20 in the first steps and leaves the network dead at ln 10.
 BUILT_IN = {"epochs": 25, "init": "caffe"}
 PAPER_EPOCHS = 90  # §5: "roughly 90 cycles through the training set"
+READ_EVERY = 20  # steps between reading the loss back from a GPU
 RECIPE_SAMPLE = 2000  # images that estimate the mean image and RGB PCA when training straight from JPEGs
 
 
@@ -370,11 +371,17 @@ class Trainer:
         """The steps of the current epoch from the current step on; returns the last learning rate."""
         from tqdm import tqdm
 
-        cfg, data, world = self.cfg, self.data, self.world
+        cfg, data = self.cfg, self.data
         net.train()
         lr, started, first = cfg.lr, time.monotonic(), self.sums[0]
+        # The loss is read back every step on the CPU, every READ_EVERY steps on a GPU, which then never
+        # waits for the CPU to look at one step before it is given the next.
+        read_every = READ_EVERY if self.device.type == "cuda" else 1
+        unread = torch.zeros(3, dtype=torch.float64, device=self.device)  # images, summed loss, wrong top-1
+        steps = 0  # in `unread`
         bar = tqdm(total=len(data.train), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not cfg.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+        last = len(data.train) - 1
         for images, labels, indices in data.train.epoch(self.epoch, start=self.step):
             lr = self.schedule.rate(self.epoch + self.step / len(data.train))
             for group in self.optimizer.param_groups:
@@ -384,28 +391,40 @@ class Trainer:
             with self.mixed():
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), labels)
-            mean_loss = _sum(loss.detach().clone()) / world
-            if not torch.isfinite(mean_loss):
-                raise DivergedError(f"the loss became {mean_loss.item()} at epoch {self.epoch + 1}, step "
-                                    f"{self.step + 1}; the last good checkpoint is {self.run_path / 'last.pt'} "
-                                    f"(try a lower --lr)")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            n = len(labels) * world
-            wrong = _sum((logits.argmax(1) != labels).sum().float().cpu()).item()
-            self.sums = [self.sums[0] + n, self.sums[1] + mean_loss.item() * n, self.sums[2] + wrong]
-            self.step, self.total_steps = self.step + 1, self.total_steps + 1
+            unread[0] += len(labels)
+            unread[1] += loss.detach().double() * len(labels)
+            unread[2] += (logits.argmax(1) != labels).sum()
+            self.step, self.total_steps, steps = self.step + 1, self.total_steps + 1, steps + 1
+            if steps < read_every and self.step <= last and not self.done():
+                continue
+            loss_value = self._read(unread, steps)
             rate = (self.sums[0] - first) / max(time.monotonic() - started, 1e-9)
-            bar.set_postfix_str(f"loss {mean_loss.item():.3f}, lr {lr:.2g}, {rate:.0f} img/s")
-            bar.update()
+            bar.set_postfix_str(f"loss {loss_value:.3f}, lr {lr:.2g}, {rate:.0f} img/s")
+            bar.update(steps)
+            steps = 0
             if cfg.save_every and time.monotonic() - self.last_save > 60 * cfg.save_every:
                 self.save()
             if self.done():
                 break
         bar.close()
         return lr
+
+    def _read(self, unread: torch.Tensor, steps: int) -> float:
+        """Add the last `steps` steps' counts (over all processes) to the epoch's sums; their mean loss.
+
+        Raises DivergedError where their loss is NaN or infinite."""
+        images, loss, wrong = _sum(unread.clone()).tolist()
+        unread.zero_()
+        if not math.isfinite(loss):
+            where = f"step {self.step}" if steps == 1 else f"steps {self.step - steps + 1}-{self.step}"
+            raise DivergedError(f"the loss became {loss} at epoch {self.epoch + 1}, {where}; the last good "
+                                f"checkpoint is {self.run_path / 'last.pt'} (try a lower --lr)")
+        self.sums = [self.sums[0] + images, self.sums[1] + loss, self.sums[2] + wrong]
+        return loss / images
 
 
 def final_evaluation(run_path: Path) -> dict[int, Errors]:

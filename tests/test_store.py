@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+import alexnet.data.store
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import list_images
 from alexnet.data.store import Store, prepare
+from alexnet.kernels import cpu_kernels
 
 
 @pytest.fixture
@@ -81,6 +83,16 @@ def test_mean_image_and_rgb_pca_equal_a_direct_numpy_computation(photos, tmp_pat
         assert abs(abs(recipe.eigvec[:, i].double().numpy() @ eigvec[:, i]) - 1) < 1e-6
     # the validation split leaves the statistics alone
     assert len(store.split("val")) == 8
+
+
+@pytest.mark.skipif(cpu_kernels() is None, reason="the CPU kernels are not built here")
+def test_statistics_kernel_and_plain_numpy_agree_exactly(photos, tmp_path, monkeypatch):
+    prepare(photos, tmp_path / "kernel", workers=2, progress=False)
+    monkeypatch.setattr(alexnet.data.store, "cpu_kernels", lambda: None)  # the forked workers inherit it
+    prepare(photos, tmp_path / "numpy", workers=2, progress=False)
+    assert np.array_equal(np.load(tmp_path / "kernel" / "mean.npy"), np.load(tmp_path / "numpy" / "mean.npy"))
+    with np.load(tmp_path / "kernel" / "rgb.npz") as a, np.load(tmp_path / "numpy" / "rgb.npz") as b:
+        assert np.array_equal(a["cov"], b["cov"]) and np.array_equal(a["mean"], b["mean"])
 
 
 def test_bad_files_are_skipped_counted_and_do_not_shift_labels(photos, tmp_path, caplog):

@@ -17,12 +17,13 @@ class Recipe:
 
     def __init__(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor):
         self.mean = mean.float()  # (256, 256, 3), pixel values 0..255
-        self.eigval = eigval.float()  # (3,) eigenvalues of the covariance of RGB values on the [0, 1] scale
-        self.eigvec = eigvec.float()  # (3, 3), column i is the eigenvector of eigval[i]
+        # on the CPU always, where the random draws are made
+        self.eigval = eigval.float().cpu()  # (3,) eigenvalues of the covariance of RGB values on the [0, 1] scale
+        self.eigvec = eigvec.float().cpu()  # (3, 3), column i is the eigenvector of eigval[i]
 
     def to(self, device: torch.device | str) -> "Recipe":
-        """The same statistics on another device."""
-        return Recipe(self.mean.to(device), self.eigval.to(device), self.eigvec.to(device))
+        """The same statistics with the mean image on another device."""
+        return Recipe(self.mean.to(device), self.eigval, self.eigvec)
 
 
 def _windows(images: torch.Tensor, crop: int) -> torch.Tensor:
@@ -42,7 +43,7 @@ def crop_batch(images: torch.Tensor, recipe: Recipe, crop: int, top: torch.Tenso
         index = torch.arange(len(images), device=images.device)
         mean = _windows(recipe.mean[None], crop)[0][top, left] - shift[:, None, None, :]
         patches = _windows(images.contiguous(), crop)[index, top, left] - mean
-        patches[flip] = patches[flip].flip(2)
+        patches = torch.where(flip[:, None, None, None], patches.flip(2), patches)  # no mask: no GPU sync
     return patches.permute(0, 3, 1, 2)
 
 
@@ -81,8 +82,11 @@ def train_batch(images: torch.Tensor, recipe: Recipe, crop: int, seed: int, epoc
     # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel, a_i ~ N(0, 0.1) drawn once per image;
     # the eigenvalues are those of pixels on the [0, 1] scale (as ImageNet's widely used ones), so the
     # shift is scaled by 255 to the 0..255 pixels here
-    shift = 255 * (alpha * recipe.eigval.cpu()) @ recipe.eigvec.cpu().T
-    return crop_batch(images, recipe, crop, *(t.to(images.device) for t in (top, left, flip, shift)))
+    shift = 255 * (alpha * recipe.eigval) @ recipe.eigvec.T
+    draws = [top, left, flip, shift]
+    if images.is_cuda:  # copies from page-locked memory don't wait for the GPU to finish its queue
+        draws = [t.pin_memory().to(images.device, non_blocking=True) for t in draws]
+    return crop_batch(images, recipe, crop, *draws)
 
 
 def _fixed(images: torch.Tensor, recipe: Recipe, crop: int, top: int, left: int, flip: bool) -> torch.Tensor:

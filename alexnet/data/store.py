@@ -34,6 +34,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from ..kernels import cpu_kernels
 from .augment import Recipe
 from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
 
@@ -60,6 +61,7 @@ def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | 
     shard_path, first, files, size, train = job
     shard = np.load(shard_path, mmap_mode="r+")
     image_sum, pixel_sum, pixel_outer = np.zeros((size, size, 3)), np.zeros(3), np.zeros((3, 3))
+    kernels = cpu_kernels()
     reasons: list[str | None] = []
     for row, path in enumerate(files, first):
         try:
@@ -69,7 +71,9 @@ def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | 
             continue
         shard[row] = image
         reasons.append(None)
-        if train:
+        if train and kernels is not None:  # one pass (csrc/stats.cpp)
+            kernels.add_image_stats(*map(torch.from_numpy, (image, image_sum, pixel_sum, pixel_outer)))
+        elif train:
             image_sum += image
             pixels = np.ascontiguousarray(image.reshape(-1, 3).T, dtype=np.float64)  # (3, H·W): exact sums
             pixel_sum += pixels.sum(1)
@@ -112,6 +116,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
 
     bad = BadFiles()
     workers = workers or len(os.sched_getaffinity(0))
+    cpu_kernels()  # built or loaded once here, before the workers start
     stats = {}
     with multiprocessing.Pool(workers) as pool:
         for split, part in plan["splits"].items():
