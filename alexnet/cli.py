@@ -195,7 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
     p.add_argument("--optimizer", choices=("paper", "sgd"), default="paper",
                    help="paper: §5's update rule; sgd: torch.optim.SGD")
-    p.add_argument("--schedule", choices=SCHEDULES, default="plateau", help="learning-rate schedule")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help=f"learning-rate schedule (default: plateau, the paper's; {BUILT_IN['schedule']} on the "
+                        "built-in photos)")
     p.add_argument("--patience", type=int, default=2, help="plateau: epochs without improvement before a drop")
     p.add_argument("--min-delta", type=float, default=0.0, help="plateau: the least improvement that counts")
     p.add_argument("--max-drops", type=int, default=3, help="plateau: at most this many drops")
