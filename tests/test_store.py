@@ -88,7 +88,8 @@ def test_mean_image_and_rgb_pca_equal_a_direct_numpy_computation(photos, tmp_pat
 @pytest.mark.skipif(cpu_kernels() is None, reason="the CPU kernels are not built here")
 def test_statistics_kernel_and_plain_numpy_agree_exactly(photos, tmp_path, monkeypatch):
     prepare(photos, tmp_path / "kernel", workers=2, progress=False)
-    monkeypatch.setattr(alexnet.data.store, "cpu_kernels", lambda: None)  # the forked workers inherit it
+    monkeypatch.setattr(alexnet.data.store, "cpu_kernels", lambda: None)  # forked workers inherit it
+    monkeypatch.setenv("ALEXNET_KERNELS", "0")  # and workers that start afresh (spawn, forkserver) read it
     prepare(photos, tmp_path / "numpy", workers=2, progress=False)
     assert np.array_equal(np.load(tmp_path / "kernel" / "mean.npy"), np.load(tmp_path / "numpy" / "mean.npy"))
     with np.load(tmp_path / "kernel" / "rgb.npz") as a, np.load(tmp_path / "numpy" / "rgb.npz") as b:
