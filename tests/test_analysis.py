@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import photo_folder
 from PIL import Image
 
 from alexnet import checkpoint
@@ -21,7 +22,6 @@ from alexnet.data.folders import preprocess
 from alexnet.data.store import Store, prepare
 from alexnet.train import TrainConfig, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 RED = (230, 85, 13)  # analysis.CORRECT, #e6550d
 WHITE = (255, 255, 255)
 
@@ -29,16 +29,7 @@ WHITE = (255, 255, 255)
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """Real photos in ImageNet's folder layout: 4 classes, 10 training and 2 validation images each."""
-    shared = ROOT.parent / "shared" / "data" / "imagenette-mini"
-    if not shared.is_dir():
-        pytest.skip("../shared/data is not present")
-    root = tmp_path_factory.mktemp("photos")
-    for split, count in (("train", 10), ("val", 2)):
-        for wnid in sorted(p.name for p in (shared / split).iterdir())[:4]:
-            (root / split / wnid).mkdir(parents=True)
-            for f in sorted((shared / split / wnid).iterdir())[:count]:
-                shutil.copy(f, root / split / wnid / f.name)
-    return root
+    return photo_folder(tmp_path_factory.mktemp("photos"), train=10, val=2)
 
 
 @pytest.fixture(scope="module")

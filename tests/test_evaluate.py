@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from alexnet.data.augment import center_crop, ten_crop
 from alexnet.data.store import Store
 from alexnet.evaluate import evaluate, probabilities, wrong
 from alexnet.train import TrainConfig, Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import photo_folder
 from PIL import Image
 
 import alexnet.data.store
@@ -21,12 +22,7 @@ from alexnet.kernels import cpu_kernels
 @pytest.fixture
 def photos(shared_data, tmp_path):
     """A small ImageNet-layout folder of real photos: 4 classes, 6 train and 2 val images each."""
-    root = tmp_path / "photos"
-    for split, count in (("train", 6), ("val", 2)):
-        for wnid in sorted(p.name for p in (shared_data / "imagenette-mini" / split).iterdir())[:4]:
-            (root / split / wnid).mkdir(parents=True)
-            for f in sorted((shared_data / "imagenette-mini" / split / wnid).iterdir())[:count]:
-                shutil.copy(f, root / split / wnid / f.name)
+    root = photo_folder(tmp_path / "photos", train=6, val=2)
     # a full-size photo of another shape, to exercise the resize
     big = sorted((shared_data / "imagenet-samples").iterdir())[0]
     shutil.copy(big, root / "train" / big.name.split("_")[0] / "big.JPEG")

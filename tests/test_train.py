@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import photo_folder
 from PIL import Image
 
 import alexnet.train
 from alexnet import checkpoint
 from alexnet.data.store import prepare
 from alexnet.train import DivergedError, TrainConfig, train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def alexnet_cmd(*args: str, world: int = 1) -> list[str]:
@@ -36,15 +35,7 @@ def run(*args: str, world: int = 1, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, request):
     """A store of real photos: 4 classes, 96 training and 21 validation images."""
-    shared = ROOT.parent / "shared" / "data" / "imagenette-mini"
-    if not shared.is_dir():
-        pytest.skip("../shared/data is not present")
-    root = tmp_path_factory.mktemp("photos")
-    for split, count in (("train", 24), ("val", 6)):
-        for wnid in sorted(p.name for p in (shared / split).iterdir())[:4]:
-            (root / split / wnid).mkdir(parents=True)
-            for f in sorted((shared / split / wnid).iterdir())[:count]:
-                shutil.copy(f, root / split / wnid / f.name)
+    root = photo_folder(tmp_path_factory.mktemp("photos"), train=24, val=6)
     for f in sorted((root / "val" / sorted(os.listdir(root / "val"))[0]).iterdir())[3:]:
         f.unlink()  # 21 validation images: a count that splits unevenly over processes and batches
     return prepare(root, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path
