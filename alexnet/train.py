@@ -384,7 +384,6 @@ class Trainer:
         steps = 0  # in `unread`
         bar = tqdm(total=len(data.train), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not cfg.progress or self.rank != 0, leave=False, dynamic_ncols=True)
-        last = len(data.train) - 1
         for images, labels, indices in data.train.epoch(self.epoch, start=self.step):
             lr = self.schedule.rate(self.epoch + self.step / len(data.train))
             for group in self.optimizer.param_groups:
@@ -402,7 +401,7 @@ class Trainer:
             unread[1] += loss.detach().double() * len(labels)
             unread[2] += (logits.argmax(1) != labels).sum()
             self.step, self.total_steps, steps = self.step + 1, self.total_steps + 1, steps + 1
-            if steps < read_every and self.step <= last and not self.done():
+            if steps < read_every and self.step < len(data.train) and not self.done():
                 continue
             loss_value = self._read(unread, steps)
             rate = (self.sums[0] - first) / max(time.monotonic() - started, 1e-9)
