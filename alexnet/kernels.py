@@ -15,7 +15,7 @@ SOURCES = ("bindings.cpp", "lrn.cpp", "augment.cpp", "stats.cpp")
 
 @functools.cache
 def cpu_kernels() -> ModuleType | None:
-    """The compiled module (about 30 s the first time, then cached); None where it cannot be built.
+    """The compiled module (about a minute on 2 cores the first time, then cached); None where it cannot be built.
 
     Without it everything still works, through plain PyTorch ops, only slower. ALEXNET_KERNELS=0
     turns it off.
