@@ -46,7 +46,8 @@ def ckpts(store, tmp_path_factory):
         trainer = Trainer(TrainConfig(data=str(store), epochs=1, progress=False, **kw), out, 0, 1, 0)
         paths[name] = out / f"{name}.pt"
         checkpoint.save(paths[name], trainer.snapshot())
-    return paths
+    yield paths
+    shutil.rmtree(out)  # about 700 MB: freed when the module is done, not at the end of the session
 
 
 @pytest.fixture(scope="module")

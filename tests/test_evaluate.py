@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,7 +33,8 @@ def checkpoints(store, tmp_path_factory):
         checkpoint.save(paths[-1], trainer.snapshot())
     trainer = Trainer(TrainConfig(data=None, epochs=1, progress=False), out, 0, 1, 0)
     checkpoint.save(out / "ten_classes.pt", trainer.snapshot())
-    return paths, out / "ten_classes.pt"
+    yield paths, out / "ten_classes.pt"
+    shutil.rmtree(out)  # about 700 MB: freed when the module is done, not at the end of the session
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
