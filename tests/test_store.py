@@ -92,13 +92,16 @@ def test_statistics_kernel_and_plain_numpy_agree_exactly(photos, tmp_path, monke
         assert np.array_equal(a["cov"], b["cov"]) and np.array_equal(a["mean"], b["mean"])
 
 
-def test_bad_files_are_skipped_counted_and_do_not_shift_labels(photos, tmp_path, caplog):
+def test_bad_files_are_skipped_counted_and_do_not_shift_labels(photos, tmp_path, caplog, capsys):
     cls = photos / "train" / "n01440764"
     (cls / "empty.JPEG").write_bytes(b"")
     (cls / "notes.JPEG").write_text("not a picture")
     good = sorted(cls.glob("*.JPEG"))[0]
     (cls / "cut.JPEG").write_bytes(good.read_bytes()[:600])
-    store = prepare(photos, tmp_path / "store", shard_size=4, workers=2, progress=False)
+    store = prepare(photos, tmp_path / "store", shard_size=4, workers=2, progress=True)
+    bars = capsys.readouterr().err
+    train_bar, val_bar = bars[:bars.index("prepare val")], bars[bars.index("prepare val"):]
+    assert "bad=3" in train_bar and "bad=" not in val_bar  # each split's bar counts its own bad files
     train = store.split("train")
     assert len(train) == 25
     assert not any(f.endswith(("empty.JPEG", "notes.JPEG", "cut.JPEG")) for f in train.files)

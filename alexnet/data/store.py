@@ -123,12 +123,12 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
             (dst / split).mkdir(exist_ok=True)
             files, labels = part["files"], part["labels"]
             bar = tqdm(total=len(files), desc=f"prepare {split}", unit="img", disable=not progress, smoothing=0.1)
-            shards = []
+            shards, bad_before = [], len(bad)
             for first in range(0, len(files), shard_size):
                 marker = dst / split / f"shard-{first // shard_size:05d}.npz"
                 if not marker.is_file():
                     _write_shard(pool, files[first:first + shard_size], labels[first:first + shard_size],
-                                 size, marker, split == "train", bad, bar)
+                                 size, marker, split == "train", bad, bar, bad_before)
                 else:
                     bar.update(min(shard_size, len(files) - first))
                 shards.append(marker)
@@ -144,8 +144,9 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
 
 
 def _write_shard(pool, files: list[str], labels: list[int], size: int, marker: Path, train: bool, bad: BadFiles,
-                 bar, chunk: int = 32) -> None:
-    """Decode one shard's files on all workers straight into the shard, then write its marker."""
+                 bar, bad_before: int, chunk: int = 32) -> None:
+    """Decode one shard's files on all workers straight into the shard, then write its marker; the bar shows
+    the split's bad files (those found after the first `bad_before`)."""
     images_path = marker.with_name(marker.name.replace("shard-", "images-").replace(".npz", ".npy"))
     partial = images_path.with_name(images_path.stem + ".partial.npy")
     np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
@@ -161,8 +162,8 @@ def _write_shard(pool, files: list[str], labels: list[int], size: int, marker: P
         for total, part in zip(sums, chunk_sums, strict=True):
             total += part
         bar.update(len(chunk_files))
-        if len(bad):
-            bar.set_postfix(bad=len(bad))
+        if len(bad) > bad_before:
+            bar.set_postfix(bad=len(bad) - bad_before)
     if len(kept) < len(files):  # refused files left empty rows: keep the written ones, in order
         written = np.load(partial, mmap_mode="r")
         np.save(partial, written[kept])
