@@ -39,11 +39,12 @@ def _train(args: argparse.Namespace) -> None:
     for crops, errors in final_evaluation(run).items():
         print(f"  {'centre crop' if crops == 1 else 'ten crops  '}: {errors.line()}")
     data = f" --data {args.data}" if args.data else ""
-    print(f"""next:
-  alexnet predict {run}/best.pt IMAGE.jpg ...      top-5 classes of your own photos
-  alexnet eval {run}/best.pt{data} --crops 10   the evaluation again (several checkpoints: an ensemble)
-  alexnet train --resume {run} --epochs N      train longer
-  alexnet prepare IMAGENET_ROOT STORE && alexnet train --data STORE      a real data set""")
+    hints = [(f"alexnet predict {run}/best.pt IMAGE.jpg ...", "top-5 classes of your own photos"),
+             (f"alexnet eval {run}/best.pt{data} --crops 10", "the evaluation again (more checkpoints: an ensemble)"),
+             (f"alexnet train --resume {run} --epochs N", "train longer"),
+             ("alexnet prepare IMAGENET_ROOT STORE && alexnet train --data STORE", "a real data set")]
+    width = max(len(command) for command, _ in hints)
+    print("next:\n" + "\n".join(f"  {command:<{width}}   {what}" for command, what in hints))
 
 
 def _eval(args: argparse.Namespace) -> None:

@@ -69,6 +69,9 @@ def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path
             "--out", str(tmp_path)]
     straight = run(*args, "--name", "straight", "--save-every", "0")
     assert straight.returncode == 0, straight.stderr
+    hints = straight.stdout[straight.stdout.index("next:\n"):].splitlines()[1:]
+    assert f"train --resume {tmp_path / 'straight'} --epochs N" in straight.stdout
+    assert len({line.rindex("   ") for line in hints}) == 1  # what each command does, in one column
     # the same run, killed (SIGKILL) after a mid-epoch checkpoint, then resumed
     proc = subprocess.Popen(alexnet_cmd(*args, "--name", "killed", "--save-every", "0.0001"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
