@@ -251,7 +251,13 @@ def train(cfg: TrainConfig) -> Path:
         trainer = Trainer(cfg, run_path, rank, world, local_rank)
         if state is not None:
             trainer.restore(state)
-        return trainer.run()
+        folder = trainer.run()
+        if world > 1:
+            # DDP keeps the process group, and gloo's worker threads, alive until the process exits. A worker
+            # that frees a finished all_reduce's tensors after the interpreter has begun to shut down aborts
+            # the process (SIGABRT); waiting here for the slowest process gives the workers that time.
+            dist.barrier()
+        return folder
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
