@@ -1,14 +1,12 @@
 """Checkpoints: written atomically, read with torch.load(weights_only=True), checked before use."""
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .data.augment import Recipe
-from .data.store import atomic_write
+from .data.stats import Recipe
+from .files import atomic_write
 from .model import build_model
 
 FORMAT = "alexnet-checkpoint-1"
@@ -19,20 +17,9 @@ def save(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
-def copy(src: Path, dst: Path) -> None:
-    """Make `dst` a copy of the checkpoint `src`: a hard link where the file system has them (no bytes
-    written; a later save of `src` replaces it by rename and leaves `dst` alone), else a real copy."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-
-
 def load(path: str | Path) -> dict:
-    """Read a checkpoint; a missing, truncated or foreign file raises ValueError with a one-line reason."""
+    """Read a checkpoint (a run folder: its best.pt, else its last.pt); a missing, truncated or foreign file
+    raises ValueError or FileNotFoundError with a one-line reason."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .model import ARCHS, INITS
+from .model import ARCHS
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -29,9 +29,12 @@ def _prepare(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import os
 
+    from .options import from_args
+    from .runtime import tune_process
     from .train import TrainConfig, final_evaluation, train
 
-    cfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__})
+    cfg = from_args(TrainConfig, args)
+    tune_process(cfg.device)
     run = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
@@ -51,7 +54,9 @@ def _eval(args: argparse.Namespace) -> None:
     import json
 
     from .evaluate import evaluate_checkpoints
+    from .runtime import tune_process
 
+    tune_process(args.device)
     errors = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.crops, args.batch_size,
                                   args.device, args.precision, progress=not args.json)
     if args.json:
@@ -65,16 +70,14 @@ def _eval(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
-    from .evaluate import predict_images
+    from .evaluate import predict
 
+    predictions = predict(args.checkpoint, args.images, args.crops, args.device, args.precision)
     if args.plot:
-        from .analysis import plot_predictions, predict
+        from .figures import plot_predictions
 
-        predictions = predict(args.checkpoint, args.images, args.crops)
         plot_predictions(predictions, args.plot, args.plot_columns)
-        results = predictions.top5()
-    else:
-        results = predict_images(args.checkpoint, args.images, args.crops)
+    results = predictions.top5()
     if args.json:
         print(json.dumps([{"image": image, "top5": [{"class": name, "probability": p} for name, p in top]}
                           for image, top in results]))
@@ -86,14 +89,16 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _filters(args: argparse.Namespace) -> None:
-    from .analysis import plot_filters
+    from .figures import plot_filters
 
     print(f"wrote {plot_filters(args.checkpoint, args.out, args.columns, args.zoom, args.gap)}")
 
 
 def _features(args: argparse.Namespace) -> None:
-    from .analysis import extract_features
+    from .features import extract_features
+    from .runtime import tune_process
 
+    tune_process(args.device)
     extract_features(args.checkpoint, args.data, args.out, args.split, args.batch_size, args.device, args.precision,
                      args.workers, progress=args.progress)
 
@@ -101,7 +106,8 @@ def _features(args: argparse.Namespace) -> None:
 def _neighbors(args: argparse.Namespace) -> None:
     import json
 
-    from .analysis import find_neighbours, plot_neighbours
+    from .figures import plot_neighbours
+    from .neighbours import find_neighbours
 
     found = find_neighbours(args.checkpoint, args.queries, args.features, args.k, args.chunk, args.device)
     if args.out:
@@ -120,19 +126,11 @@ def _neighbors(args: argparse.Namespace) -> None:
 
 def _experiment(args: argparse.Namespace) -> None:
     from .experiments import ExperimentConfig, run_experiment
+    from .options import from_args
+    from .runtime import keep_freed_memory
 
-    run_experiment(ExperimentConfig(args.experiment, args.data, args.out, args.epochs, args.batch_size, args.seed,
-                                    args.cache, args.threads))
-
-
-def _threads(text: str) -> int | None:
-    """--threads: "auto" (None) or a number."""
-    if text == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+    keep_freed_memory()
+    run_experiment(from_args(ExperimentConfig, args))
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -173,52 +171,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of the stored square images")
     p.set_defaults(run=_prepare)
 
-    from .optim import SCHEDULES
+    from .options import add_options
     from .runtime import PRECISIONS
-    from .train import BUILT_IN, PAPER_EPOCHS
+    from .train import TrainConfig
 
     p = commands.add_parser("train", formatter_class=fmt, help="train with the paper's recipe (the main job)",
                             description="Train AlexNet with the paper's recipe (§5): SGD with momentum 0.9 and "
                                         "weight decay 5e-4, batch 128, learning rate 0.01 divided by 10 when the "
                                         "validation error stops improving. With no --data, on the built-in photos.")
-    p.add_argument("--data", default=None, help="a store from `alexnet prepare`, or an image folder with train/ "
-                                                "and val/ (default: the built-in photos)")
-    p.add_argument("--arch", choices=ARCHS, default="paper", help="network variant")
-    p.add_argument("--lrn", choices=MODES, default=None, help="LRN formula (default: the architecture's own)")
-    p.add_argument("--init", choices=INITS, default=None,
-                   help=f"initialization (default: the architecture's own; {BUILT_IN['init']} on the built-in photos)")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout probability on fc6 and fc7")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs (default: {PAPER_EPOCHS}, or {BUILT_IN['epochs']} on the built-in photos)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step, over all processes")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
-    p.add_argument("--momentum", type=float, default=0.9, help="momentum")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
-    p.add_argument("--optimizer", choices=("paper", "sgd"), default="paper",
-                   help="paper: §5's update rule; sgd: torch.optim.SGD")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None,
-                   help=f"learning-rate schedule (default: plateau, the paper's; {BUILT_IN['schedule']} on the "
-                        "built-in photos)")
-    p.add_argument("--patience", type=int, default=2, help="plateau: epochs without improvement before a drop")
-    p.add_argument("--min-delta", type=float, default=0.0, help="plateau: the least improvement that counts")
-    p.add_argument("--max-drops", type=int, default=3, help="plateau: at most this many drops")
-    p.add_argument("--step-size", type=int, default=30, help="step: epochs between drops")
-    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up, in epochs")
-    p.add_argument("--crop", type=int, choices=(224, 227), default=224, help="training crop size")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: bf16 on GPUs and AMX CPUs, fp32 elsewhere; fp16 uses loss scaling")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep tensors in NCHW memory order")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes when reading JPEG folders")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--out", default="runs", help="folder for run folders")
-    p.add_argument("--name", default=None, help="run folder name (default: date-time-arch)")
-    p.add_argument("--save-every", type=float, default=10.0, help="minutes between mid-epoch checkpoints")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--resume", default=None, help="a run folder (or checkpoint) to continue exactly")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_options(p, TrainConfig)
     p.set_defaults(run=_train)
 
     p = commands.add_parser("eval", formatter_class=fmt, help="top-1/top-5 error of checkpoints",
@@ -239,6 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint file or run folder")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--crops", type=int, choices=(1, 10), default=10, help="1: centre crop; 10: ten patches")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw Figure 4 (left): each centre crop with its top-5 bars, the true class (from "
@@ -284,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16384, help="stored features per matrix product (16 KiB each)")
     p.add_argument("--device", default="auto", help="device for the queries' features: auto, cpu, cuda, ...")
     p.set_defaults(run=_neighbors)
-    from .experiments import CORES, DEFAULT_CACHE, EXPERIMENTS
+    from .experiments import EXPERIMENTS, ExperimentConfig
 
     p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's small-scale CIFAR-10 experiments",
                             description="Train two variants of a four-layer CNN on CIFAR-10 (class folders of 32×32 "
@@ -294,17 +257,7 @@ def _parser() -> argparse.ArgumentParser:
         e = experiments.add_parser(name, formatter_class=fmt, help=setup.title,
                                    description=f"{setup.title}: {' against '.join(v.label for v in setup.variants)}. "
                                                f"The paper: {setup.paper}.")
-        e.add_argument("--data", required=True, default=argparse.SUPPRESS,
-                       help="CIFAR-10 folder: DATA/train/<class>/*, DATA/test/<class>/* (or DATA/val/<class>/*); "
-                            "required")
-        e.add_argument("--epochs", type=int, default=setup.epochs, help="epochs per network")
-        e.add_argument("--batch-size", type=int, default=128, help="images per mini-batch")
-        e.add_argument("--out", default=f"runs/experiments/{name}", help="folder for the figure, curves and results")
-        e.add_argument("--seed", type=int, default=0, help="seed of the initial weights, batch order and flips")
-        e.add_argument("--cache", default=DEFAULT_CACHE, help="folder for the decoded images (.npz)")
-        e.add_argument("--threads", type=_threads, default="auto",
-                       help=f"CPU threads; auto: {CORES} (one per core) or 1, whichever trains "
-                            "faster, chosen again each epoch (on a busy machine 1 can be much faster)")
+        add_options(e, ExperimentConfig, {"epochs": setup.epochs, "out": f"runs/experiments/{name}"})
     p.set_defaults(run=_experiment)
     return parser
 

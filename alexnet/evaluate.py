@@ -1,22 +1,18 @@
-"""Evaluation as in the paper: top-1 and top-5 error, one centre crop or ten patches, ensembles (§4.1, §6)."""
+"""Evaluation as in the paper: top-1 and top-5 error, one centre crop or ten patches, ensembles (§4.1, §6),
+and the predictions of image files."""
 
-import contextlib
-import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import checkpoint
-from .data.augment import Recipe, center_crop, ten_crop
-from .data.folders import preprocess
-from .data.loader import Loader, open_split
-from .runtime import autocast, choose_device, choose_precision, keep_freed_memory, prepare_device
-
-Member = tuple[nn.Module, Recipe]  # a network and the training statistics its inputs are normalized with
+from .data.augment import center_crop, ten_crop
+from .data.folders import known_class, preprocess
+from .data.loader import Loader
+from .data.sources import data_root, open_split
+from .inference import Network, load_networks
 
 
 @dataclass
@@ -34,20 +30,20 @@ class Errors:
 
 
 @torch.no_grad()
-def probabilities(members: list[Member], images: torch.Tensor, crop: int = 224, crops: int = 1,
-                  autocast: Callable | None = None) -> torch.Tensor:
+def probabilities(networks: list[Network], images: torch.Tensor, crops: int = 1) -> torch.Tensor:
     """Class probabilities of a batch of uint8 (B, 256, 256, 3) images: the softmax averaged over the
     patches (§4.1: the ten patches at test time) and over the networks (Table 2: an ensemble)."""
     if crops not in (1, 10):
         raise ValueError(f"crops must be 1 or 10, got {crops}")
     total = None
-    for model, recipe in members:
-        views = [center_crop(images, recipe, crop)] if crops == 1 else ten_crop(images, recipe, crop)
+    for net in networks:
+        x = images.to(net.device, non_blocking=True)
+        views = [center_crop(x, net.recipe, net.crop)] if crops == 1 else ten_crop(x, net.recipe, net.crop)
         for view in views:
-            with autocast() if autocast else contextlib.nullcontext():
-                p = F.softmax(model(view).float(), dim=1)
+            with net.autocast():
+                p = F.softmax(net.model(view).float(), dim=1)
             total = p if total is None else total + p
-    return total / (len(members) * len(views))
+    return total / (len(networks) * len(views))
 
 
 def wrong(probs: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
@@ -57,20 +53,19 @@ def wrong(probs: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     return int((~hit[:, 0]).sum()), int((~hit.any(1)).sum())
 
 
-def evaluate(members: list[Member], batches: Iterable, device: torch.device, crop: int = 224, crops: int = 1,
-             autocast: Callable | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             progress=None) -> Errors:
+def evaluate(networks: list[Network], batches: Iterable, crops: int = 1,
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, progress=None) -> Errors:
     """Top-1/top-5 error of the (averaged) networks on batches of (uint8 images, labels, ...).
 
     With one network and one crop the mean cross-entropy is reported too. `reduce` sums the counts
     over processes (DDP), each of which has seen its own images.
     """
-    for model, _ in members:
-        model.eval()
+    for net in networks:
+        net.model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # wrong top-1, wrong top-5, images, summed loss
     for images, labels, *_ in batches:
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
-        probs = probabilities(members, images, crop, crops, autocast)
+        probs = probabilities(networks, images, crops)
+        labels = labels.to(probs.device)
         w1, w5 = wrong(probs, labels)
         nll = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
         sums += torch.tensor([w1, w5, len(labels), nll], dtype=torch.float64)
@@ -81,7 +76,7 @@ def evaluate(members: list[Member], batches: Iterable, device: torch.device, cro
     w1, w5, n, nll = sums.tolist()
     if n == 0:
         raise ValueError("no images to evaluate")
-    loss = nll / n if len(members) == 1 and crops == 1 else float("nan")
+    loss = nll / n if len(networks) == 1 and crops == 1 else float("nan")
     return Errors(w1 / n, w5 / n, int(n), loss)
 
 
@@ -92,46 +87,55 @@ def top5(probs: torch.Tensor, names: list[str]) -> list[list[tuple[str, float]]]
             for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
-def load_members(paths: list[str]) -> tuple[list[dict], list[Member]]:
-    """Checkpoints and their networks; the members of an ensemble must have the same classes."""
-    states = [checkpoint.load(p) for p in paths]
-    for state in states[1:]:
-        if state["classes"] != states[0]["classes"]:
-            raise ValueError(f"{state['path']} has {len(state['classes'])} classes, {states[0]['path']} has "
-                             f"{len(states[0]['classes'])}: an ensemble needs the same classes")
-    return states, [(checkpoint.model_from(s), checkpoint.recipe_from(s)) for s in states]
-
-
 def evaluate_checkpoints(paths: list[str], data: str | None, split: str = "val", crops: int = 1,
                          batch_size: int = 128, device: str = "auto", precision: str = "auto",
                          progress: bool = True) -> Errors:
     """`alexnet eval`: the error of one checkpoint, or of several averaged (an ensemble), on a split."""
     from tqdm import tqdm
 
-    keep_freed_memory()
-    states, members = load_members(paths)
-    source = open_split(data, split)
-    if source.classes != states[0]["classes"]:
-        raise ValueError(f"{states[0]['path']} has {len(states[0]['classes'])} classes; the data has "
+    networks = load_networks(paths, device, precision)
+    source = open_split(data_root(data), split)
+    first = networks[0]
+    if source.classes != first.classes:
+        raise ValueError(f"{first.info['path']} has {len(first.classes)} classes; the data has "
                          f"{len(source.classes)}" + (" (other ones)" if len(source.classes) == len(
-                             states[0]["classes"]) else ""))
-    dev = choose_device(device)
-    prepare_device(dev)
-    members = [(m.to(dev).to(memory_format=torch.channels_last), r.to(dev)) for m, r in members]
-    mixed = functools.partial(autocast, dev, choose_precision(precision, dev))
-    loader = Loader(source, batch_size, shuffle=False, pin_memory=dev.type == "cuda")
-    with tqdm(total=len(source.labels), unit="img", desc="eval", disable=not progress, leave=False) as bar:
-        errors = evaluate(members, loader.epoch(0), dev, states[0]["crop"], crops, mixed, progress=bar)
+                             first.classes) else ""))
+    loader = Loader(source, batch_size, shuffle=False, pin_memory=first.device.type == "cuda")
+    with tqdm(total=len(source), unit="img", desc="eval", disable=not progress, leave=False) as bar:
+        errors = evaluate(networks, loader.epoch(0), crops, progress=bar)
     if len(loader.bad):
         print(loader.bad.summary())
     return errors
 
 
-def predict_images(path: str, images: list[str], crops: int = 10) -> list[tuple[str, list[tuple[str, float]]]]:
-    """`alexnet predict`: the five most probable classes of each image (§4.1 ten patches by default).
+@dataclass
+class Predictions:
+    """Images with their class probabilities: what `alexnet predict` prints and plots."""
+
+    images: list[str]
+    pixels: np.ndarray  # uint8 (N, 256, 256, 3): each image after the 256×256 preprocessing (§2)
+    probs: torch.Tensor  # (N, classes), on the CPU
+    classes: list[str]
+    names: list[str]
+    crop: int
+    crops: int
+    checkpoint: str
+
+    def truth(self) -> list[int | None]:
+        """Each image's class where its location tells it (see known_class)."""
+        return [known_class(image, self.classes) for image in self.images]
+
+    def top5(self) -> list[tuple[str, list[tuple[str, float]]]]:
+        """Each image with its five most probable class names and their probabilities."""
+        return list(zip(self.images, top5(self.probs, self.names), strict=True))
+
+
+def predict(path: str, images: list[str], crops: int = 10, device: str = "auto",
+            precision: str = "auto") -> Predictions:
+    """`alexnet predict`: the class probabilities of image files (§4.1: averaged over ten patches by default).
 
     An unreadable image raises BadImageError."""
-    states, members = load_members([path])
-    arrays = [preprocess(image) for image in images]
-    probs = probabilities(members, torch.from_numpy(np.stack(arrays)), states[0]["crop"], crops)
-    return list(zip(images, top5(probs, states[0]["names"]), strict=True))
+    (net,) = load_networks([path], device, precision)
+    pixels = np.stack([preprocess(image) for image in images])
+    probs = probabilities([net], torch.from_numpy(pixels), crops).cpu()
+    return Predictions(list(images), pixels, probs, net.classes, net.names, net.crop, crops, net.info["path"])

@@ -21,8 +21,10 @@ Training error (Figure 1) is the error on the mini-batches of an epoch as they w
 cuda-convnet reported it; test error is measured after each epoch on the whole test (or val) split.
 """
 
+import argparse
 import csv
 import hashlib
+import io
 import json
 import math
 import statistics
@@ -38,16 +40,17 @@ from torch import nn
 
 from .data.folders import BadFiles, BadImageError, ImageList, list_images, open_rgb
 from .data.loader import epoch_order
-from .data.store import atomic_write
+from .data.stats import PixelStats
+from .files import atomic_write, cache_dir, write_json, write_text
 from .lrn import LRN
-from .optim import PaperSGD, Schedule
-from .runtime import keep_freed_memory
+from .optim import PaperSGD
+from .options import option
 
 TARGET_ERROR = 0.25  # Figure 1: the epochs each network needs to reach 25% training error
 SIDE = 32  # CIFAR-10 images are 32×32
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 INITS = ("lecun", "paper")
-DEFAULT_CACHE = "~/.cache/alexnet"
+DEFAULT_CACHE = str(cache_dir()).replace(str(Path.home()), "~", 1)
 CORES = torch.get_num_threads()  # PyTorch's default: one thread per core
 
 
@@ -172,19 +175,33 @@ POOLING_ABLATION = Setup(
 EXPERIMENTS = {"relu-vs-tanh": RELU_VS_TANH, "lrn": LRN_ABLATION, "pooling": POOLING_ABLATION}
 
 
+def _threads(text: str) -> int | None:
+    """--threads: "auto" (None) or a number."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 @dataclass
 class ExperimentConfig:
-    """The settings of one `alexnet experiment` run, written to its output folder as config.json."""
+    """The settings of one `alexnet experiment` run, each option declared once; written to its output folder
+    as config.json."""
 
     experiment: str
-    data: str
-    out: str
-    epochs: int | None = None  # None: the experiment's default
-    batch_size: int = 128
-    seed: int = 0
-    cache: str = DEFAULT_CACHE
-    threads: int | None = None  # None: one per core or one, whichever trains faster (ThreadChooser)
-    progress: bool = True
+    data: str = option(None, "CIFAR-10 folder: DATA/train/<class>/*, DATA/test/<class>/* (or DATA/val/<class>/*); "
+                             "required", required=True)
+    out: str | None = option(None, "folder for the figure, curves and results")  # None: runs/experiments/NAME
+    epochs: int | None = option(None, "epochs per network")  # None: the experiment's own
+    batch_size: int = option(128, "images per mini-batch")
+    seed: int = option(0, "seed of the initial weights, batch order and flips")
+    cache: str = option(DEFAULT_CACHE, "folder for the decoded images (.npz)")
+    threads: int | None = option("auto", f"CPU threads; auto: {CORES} (one per core) or 1, whichever trains faster, "
+                                         "chosen again each epoch (on a busy machine 1 can be much faster)",
+                                 parse=_threads)
+    progress: bool = option(True, "no progress bars")
 
 
 @dataclass
@@ -295,16 +312,11 @@ def _decode(images: ImageList, name: str, progress: bool) -> Split:
 class _Inputs:
     """Turns uint8 images into a float batch, channels-last: minus the mean image (§2), optionally scaled."""
 
-    def __init__(self, train: Split, pixels: str, chunk: int = 4096):
-        total, squares = torch.zeros(SIDE, SIDE, 3, dtype=torch.float64), 0.0
-        for first in range(0, len(train.images), chunk):  # in float64, a chunk at a time
-            x = torch.from_numpy(train.images[first:first + chunk]).double()
-            total += x.sum(0)
-            squares += float(x.square().sum())
-        n = len(train.images)
-        self.mean = (total / n).float()  # §2: subtract the training set's mean image
-        variance = squares / (n * total.numel()) - float((total / n).mean()) ** 2  # over all pixel values
-        self.scale = 1.0 if pixels == "raw" else math.sqrt(variance)
+    def __init__(self, train: Split, pixels: str):
+        stats = PixelStats.empty(SIDE, SIDE)
+        stats.add(train.images)
+        self.mean = torch.from_numpy(stats.mean_image()).float()  # §2: subtract the training set's mean image
+        self.scale = 1.0 if pixels == "raw" else math.sqrt(stats.variance())  # over all pixel values
 
     def __call__(self, images: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         x = torch.from_numpy(images).float().sub_(self.mean).div_(self.scale)  # (N, H, W, C)
@@ -360,7 +372,7 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
     net = variant.build(classes).to(memory_format=torch.channels_last)
     init_weights(net, setup.init)
     optimizer = PaperSGD(net.parameters(), lr=variant.lr, momentum=0.9, weight_decay=setup.weight_decay)
-    schedule = Schedule("step", variant.lr, epochs, step_size=max(1, math.ceil(setup.drop_at * epochs)))
+    drop = math.ceil(setup.drop_at * epochs)  # §5's division by 10, on a fixed epoch for both variants
     labels = torch.from_numpy(train.labels)
     curve = Curve(variant.label)
     n = len(labels)
@@ -371,7 +383,7 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
         order = epoch_order(n, seed, epoch, shuffle=True)  # the same batches for both variants
         flips = np.random.default_rng([seed, epoch, 1]).random(n) < 0.5 if setup.flip else None
         for group in optimizer.param_groups:
-            group["lr"] = schedule.rate(epoch)
+            group["lr"] = variant.lr * (0.1 if epoch >= drop else 1.0)
         net.train()
         wrong, loss_sum = torch.zeros((), dtype=torch.long), torch.zeros(())
         bar = tqdm(range(steps), desc=f"{variant.label} {epoch + 1}/{epochs}", unit="batch", leave=False,
@@ -426,13 +438,12 @@ def run_experiment(config: ExperimentConfig) -> dict:
     epochs = setup.epochs if config.epochs is None else config.epochs
     if epochs < 1 or config.batch_size < 1:
         raise ValueError(f"epochs and batch size must be positive, got {epochs} and {config.batch_size}")
-    keep_freed_memory()
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"the number of threads must be positive, got {config.threads}")
     train, test, classes = load_cifar(config.data, config.cache, config.progress)
-    out = Path(config.out).expanduser()
+    out = Path(config.out or f"runs/experiments/{config.experiment}").expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**asdict(config), "epochs": epochs}, indent=1) + "\n")
+    write_json(out / "config.json", {**asdict(config), "epochs": epochs})
     print(f"{config.experiment}: {len(train.labels)} training and {len(test.labels)} test images, "
           f"{_count(epochs, 'epoch')}, batch {config.batch_size}, "
           + (f"{_count(config.threads, 'thread')}" if config.threads is not None
@@ -440,14 +451,15 @@ def run_experiment(config: ExperimentConfig) -> dict:
     inputs = _Inputs(train, setup.pixels)
     threads = torch.get_num_threads()
     try:
-        curves = [train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
-                                config.seed, config.threads, config.progress) for variant in setup.variants]
+        with torch.random.fork_rng(devices=[]):  # the seeds below leave the caller's generator alone
+            curves = [train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
+                                    config.seed, config.threads, config.progress) for variant in setup.variants]
     finally:
         torch.set_num_threads(threads)
 
     write_curves(out / "curves.csv", curves)
     results = summarize(config.experiment, curves)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json(out / "results.json", results)
     plot(out / f"{config.experiment}.png", setup, curves)
     print(report(config.experiment, results))
     print(f"wrote {out / 'curves.csv'}, {out / 'results.json'} and {out / (config.experiment + '.png')}")
@@ -460,13 +472,14 @@ def _count(n: int, noun: str) -> str:
 
 def write_curves(path: Path, curves: list[Curve]) -> None:
     """One CSV row per variant and epoch."""
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["variant", "epoch", "train_error", "test_error", "train_loss", "lr", "seconds", "threads"])
-        for c in curves:
-            for epoch, row in enumerate(zip(c.train_error, c.test_error, c.train_loss, c.lr, c.seconds,
-                                            strict=True), start=1):
-                writer.writerow([c.label, epoch, *(f"{v:.6g}" for v in row), c.threads[epoch - 1]])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["variant", "epoch", "train_error", "test_error", "train_loss", "lr", "seconds", "threads"])
+    for c in curves:
+        for epoch, row in enumerate(zip(c.train_error, c.test_error, c.train_loss, c.lr, c.seconds, strict=True),
+                                    start=1):
+            writer.writerow([c.label, epoch, *(f"{v:.6g}" for v in row), c.threads[epoch - 1]])
+    write_text(path, table.getvalue())
 
 
 def summarize(experiment: str, curves: list[Curve]) -> dict:
@@ -533,4 +546,4 @@ def plot(path: Path, setup: Setup, curves: list[Curve]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))

@@ -53,25 +53,45 @@ class Schedule:
     once it has not "stopped improving": a flat start (as with Caffe's initialization) costs no drop.
     step: divide by 10 every `step_size` epochs (the PyTorch ImageNet example: 30). cosine: from lr to 0 over `epochs`.
     Warm-up: linear from lr / (warm-up steps) to lr over the first `warmup_epochs`.
+
+    The settings come from a run's configuration (`of`); the state (the fields after them) is what a
+    checkpoint keeps, so that a resumed run follows its own, possibly changed, settings.
     """
 
-    kind: str = "plateau"
-    lr: float = 0.01
-    epochs: int = 90
-    warmup_epochs: float = 0.0
-    step_size: int = 30
-    patience: int = 2
-    min_delta: float = 0.0
-    max_drops: int = 3
-    steps_per_epoch: int = 1
+    kind: str
+    lr: float
+    epochs: int
+    warmup_epochs: float
+    step_size: int
+    patience: int
+    min_delta: float
+    max_drops: int
+    steps_per_epoch: int
     drops: int = 0
     best: float = math.inf
     bad_epochs: int = 0
     improved: bool = False
 
+    STATE = ("drops", "best", "bad_epochs", "improved")
+
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}")
+
+    @classmethod
+    def of(cls, cfg, steps_per_epoch: int) -> "Schedule":
+        """The schedule that a training configuration (train.TrainConfig, its defaults filled) asks for."""
+        return cls(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.patience, cfg.min_delta,
+                   cfg.max_drops, steps_per_epoch)
+
+    def state_dict(self) -> dict:
+        """The state a checkpoint keeps: drops so far, the best error, epochs without improvement."""
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's state."""
+        for k in self.STATE:
+            setattr(self, k, state[k])
 
     def rate(self, epoch: float) -> float:
         """The learning rate of the step that starts at a (fractional) epoch, counted from 0."""

@@ -1,8 +1,10 @@
-"""Process-wide settings that make PyTorch fast, and the choice of device and precision."""
+"""Process-wide settings that make PyTorch fast (for the command line to make; library functions leave
+them alone), and the choice of device and precision."""
 
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 
 import torch
@@ -39,11 +41,15 @@ def choose_device(name: str = "auto") -> torch.device:
     return device
 
 
-def prepare_device(device: torch.device) -> None:
-    """On a GPU, let cuDNN time its convolution algorithms once and keep the fastest for these fixed
-    input sizes (as the PyTorch ImageNet example does); nothing on the CPU."""
-    if device.type == "cuda":
+def tune_process(device: str = "auto") -> None:
+    """The process-wide settings of a command that computes: malloc keeps freed memory; on a GPU, cuDNN times
+    its convolution algorithms once and keeps the fastest for these fixed input sizes (as the PyTorch
+    ImageNet example does); on the CPU, processes started together by torchrun share the cores."""
+    keep_freed_memory()
+    if choose_device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
+    elif int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["LOCAL_WORLD_SIZE"])))
 
 
 def choose_precision(name: str, device: torch.device) -> str:

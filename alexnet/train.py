@@ -3,15 +3,14 @@
 A run folder holds config.json (the resolved configuration), metrics.jsonl and metrics.csv (one row
 per epoch), tb/ (TensorBoard events), curves.png (loss and top-1/top-5 error against epochs),
 last.pt (every epoch, and every `save_every` minutes within one) and best.pt (lowest validation
-top-1 error). A checkpoint holds the weights, the optimizer, the schedule, the random state and the
-position in the epoch, so that `--resume RUN` continues exactly where RUN stopped.
+top-1 error). A checkpoint holds the weights, the optimizer, the schedule's state, the random state and
+the position in the epoch, so that `--resume RUN` continues exactly where RUN stopped.
 """
 
-import contextlib
 import csv
 import dataclasses
 import functools
-import hashlib
+import io
 import json
 import math
 import os
@@ -25,14 +24,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import checkpoint
-from .data.augment import Recipe, train_batch
-from .data.folders import DEFAULT_DATA, preprocess
-from .data.loader import Loader, is_store, open_split, split_names
-from .data.store import Store, atomic_write, prepare, rgb_pca
+from .data.augment import train_batch
+from .data.folders import preprocess
+from .data.loader import Loader
+from .data.sources import data_root, describe, is_store, open_split, split_names
+from .data.split import Split
+from .data.stats import PixelStats, Recipe
+from .data.store import Store
 from .evaluate import Errors, evaluate
-from .model import build_model
-from .optim import Schedule, build_optimizer
-from .runtime import autocast, choose_device, choose_precision, keep_freed_memory, prepare_device
+from .figures import plot_curves
+from .files import link_or_copy, write_json, write_text
+from .inference import Network, network
+from .lrn import MODES
+from .model import ARCHS, INITS, build_model
+from .optim import SCHEDULES, Schedule, build_optimizer
+from .options import option
+from .runtime import PRECISIONS, autocast, choose_device, choose_precision
 
 # The built-in photos (850 training images of 10 classes) get a short run with Caffe's initialization
 # (README, "The main job"): the paper's (biases 1) at the paper's learning rate sends a 10-class loss from
@@ -47,38 +54,53 @@ RECIPE_SAMPLE = 2000  # images that estimate the mean image and RGB PCA when tra
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; written to the run folder as config.json."""
+    """Everything a run depends on, each option declared once (the command line's options are made from
+    these declarations); written to the run folder as config.json."""
 
-    data: str | None = None  # a store made by `alexnet prepare`, an image folder, or None: the built-in photos
-    arch: str = "paper"
-    lrn: str | None = None  # None: the architecture's own formula
-    init: str | None = None  # None: the architecture's own initialization
-    dropout: float = 0.5
-    epochs: int | None = None  # None: 90 (the paper), or BUILT_IN["epochs"] on the built-in photos
-    batch_size: int = 128  # global, over all processes (§5)
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "paper"
-    schedule: str | None = None  # None: "plateau" (the paper), or BUILT_IN["schedule"] on the built-in photos
-    patience: int = 2
-    min_delta: float = 0.0
-    max_drops: int = 3
-    step_size: int = 30
-    warmup_epochs: float = 0.0
-    crop: int = 224
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    workers: int = 2  # decoding processes when training straight from JPEG folders
-    seed: int = 0
-    out: str = "runs"
-    name: str | None = None
-    save_every: float = 10.0  # minutes between checkpoints within an epoch (0: only at epoch ends)
-    max_steps: int | None = None  # stop after this many steps in all (for quick checks)
-    resume: str | None = None  # a run folder or checkpoint to continue
-    progress: bool = True
+    data: str | None = option(None, "a store from `alexnet prepare`, or an image folder with train/ and val/ "
+                                    "(default: the built-in photos)")
+    arch: str = option("paper", "network variant", section="§3.5", choices=ARCHS)
+    lrn: str | None = option(None, "LRN formula (default: the architecture's own)", section="§3.3", choices=MODES)
+    init: str | None = option(None, "initialization (default: the architecture's own; "
+                                    f"{BUILT_IN['init']} on the built-in photos)", section="§5", choices=INITS)
+    dropout: float = option(0.5, "dropout probability on fc6 and fc7", section="§4.2")
+    epochs: int | None = option(None, f"epochs (default: {PAPER_EPOCHS}, or {BUILT_IN['epochs']} on the built-in "
+                                      "photos)", section="§5")
+    batch_size: int = option(128, "images per step, over all processes", section="§5")
+    lr: float = option(0.01, "initial learning rate", section="§5")
+    momentum: float = option(0.9, "momentum", section="§5")
+    weight_decay: float = option(5e-4, "weight decay", section="§5")
+    optimizer: str = option("paper", "paper: §5's update rule; sgd: torch.optim.SGD", choices=("paper", "sgd"))
+    schedule: str | None = option(None, "learning-rate schedule (default: plateau, the paper's; "
+                                        f"{BUILT_IN['schedule']} on the built-in photos)", section="§5",
+                                  choices=SCHEDULES)
+    patience: int = option(2, "plateau: epochs without improvement before a drop")
+    min_delta: float = option(0.0, "plateau: the least improvement that counts")
+    max_drops: int = option(3, "plateau: at most this many drops", section="§5")
+    step_size: int = option(30, "step: epochs between drops")
+    warmup_epochs: float = option(0.0, "linear warm-up, in epochs")
+    crop: int = option(224, "training crop size", section="§4.1", choices=(224, 227))
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    precision: str = option("auto", "auto: bf16 on GPUs and AMX CPUs, fp32 elsewhere; fp16 uses loss scaling",
+                            choices=PRECISIONS)
+    channels_last: bool = option(True, "keep tensors in NCHW memory order")
+    compile: bool = option(False, "torch.compile the network")
+    workers: int = option(2, "decoding processes when reading JPEG folders")
+    seed: int = option(0, "random seed")
+    out: str = option("runs", "folder for run folders")
+    name: str | None = option(None, "run folder name (default: date-time-arch)")
+    save_every: float = option(10.0, "minutes between mid-epoch checkpoints")
+    max_steps: int | None = option(None, "stop after this many steps")
+    resume: str | None = option(None, "a run folder (or checkpoint) to continue exactly")
+    progress: bool = option(True, "no progress bar")
+
+
+def fill_defaults(cfg: TrainConfig) -> TrainConfig:
+    """The configuration with every default that depends on the data filled in (see BUILT_IN)."""
+    if cfg.data is None:
+        cfg = dataclasses.replace(cfg, epochs=cfg.epochs or BUILT_IN["epochs"], init=cfg.init or BUILT_IN["init"],
+                                  schedule=cfg.schedule or BUILT_IN["schedule"])
+    return dataclasses.replace(cfg, epochs=cfg.epochs or PAPER_EPOCHS, schedule=cfg.schedule or PAPER_SCHEDULE)
 
 
 class DivergedError(RuntimeError):
@@ -92,60 +114,54 @@ class Data:
     train: Loader
     val: Loader
     recipe: Recipe
-    classes: list[str]
-    names: list[str]
     description: str
 
+    @property
+    def classes(self) -> list[str]:
+        """The class folder names (wnids) the labels index."""
+        return self.train.source.classes
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alexnet"
+    @property
+    def names(self) -> list[str]:
+        """Human-readable class names."""
+        return self.train.source.names
 
 
-def _estimate_recipe(images, seed: int) -> Recipe:
-    """The mean image and RGB PCA from up to RECIPE_SAMPLE training images (no prepare step)."""
-    chosen = np.random.default_rng(seed).permutation(len(images))[:RECIPE_SAMPLE]
-    total, pixel_sum, pixel_outer, n = np.zeros((256, 256, 3)), np.zeros(3), np.zeros((3, 3)), 0
-    for i in sorted(chosen):
-        with contextlib.suppress(ValueError):  # a bad file: the loader will report it
-            image = preprocess(images.paths[i])
-            pixels = np.ascontiguousarray(image.reshape(-1, 3).T, dtype=np.float64)
-            total += image
-            pixel_sum += pixels.sum(1)
-            pixel_outer += pixels @ pixels.T
-            n += 1
-    if n == 0:
-        raise ValueError(f"no readable training images in {images.root}")
-    pca = rgb_pca(pixel_sum, pixel_outer, n * 256 * 256)
-    return Recipe(torch.from_numpy(total / n), torch.from_numpy(pca["eigval"]), torch.from_numpy(pca["eigvec"]))
+def estimate_recipe(train: Split, seed: int) -> Recipe:
+    """The mean image and RGB PCA from up to RECIPE_SAMPLE training images of a folder (no prepare step)."""
+    stats = PixelStats.empty(256, 256)
+    for i in sorted(np.random.default_rng(seed).permutation(len(train))[:RECIPE_SAMPLE]):
+        try:
+            stats.add(preprocess(train.files[i]))
+        except ValueError:  # a bad file: the loader will report it
+            continue
+    if stats.count == 0:
+        raise ValueError(f"no readable training images in {train.root}")
+    return stats.recipe()
 
 
 def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Data:
-    """The batches of a store, of an image folder (decoded on the fly), or of the built-in photos."""
-    source = cfg.data
-    if source is None:  # the built-in photos, prepared once into the cache
-        source = _cache_dir() / f"default-{hashlib.sha256(str(DEFAULT_DATA).encode()).hexdigest()[:12]}"
-        if rank == 0:
-            prepare(DEFAULT_DATA, source, progress=False)
-        if world > 1:
-            dist.barrier()
-    if not Path(source).is_dir():
-        raise FileNotFoundError(f"data folder not found: {source}")
-    if "val" not in split_names(source):
-        raise ValueError(f"{source} has no validation split (val/), which the recipe needs")
-    train, val = open_split(source, "train"), open_split(source, "val")
+    """The batches of a store, of an image folder (decoded on the fly), or of the built-in photos (prepared
+    by the first process before the others look)."""
+    if rank == 0:
+        data_root(cfg.data)
+    if world > 1:
+        dist.barrier()
+    root = data_root(cfg.data)
+    if "val" not in split_names(root):
+        raise ValueError(f"{root} has no validation split (val/), which the recipe needs")
+    train, val = open_split(root, "train"), open_split(root, "val")
     if val.classes != train.classes:
-        raise ValueError(f"{source}: the validation classes differ from the training classes")
-    if is_store(source):
-        recipe, description = Store(source).recipe(), f"store {source}"
+        raise ValueError(f"{root}: the validation classes differ from the training classes")
+    description = describe(cfg.data)
+    if is_store(root):
+        recipe = Store(root).recipe()
     else:
-        recipe = _estimate_recipe(train, cfg.seed)
-        description = f"JPEG folder {source} (mean and PCA from {min(len(train), RECIPE_SAMPLE)} images)"
-    if cfg.data is None:
-        description = f"the built-in photos ({DEFAULT_DATA})"
+        recipe = estimate_recipe(train, cfg.seed)
+        description += f" (mean and PCA from {min(len(train), RECIPE_SAMPLE)} images)"
     loader = functools.partial(Loader, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world=world,
                                workers=cfg.workers, pin_memory=choose_device(cfg.device).type == "cuda")
-    return Data(loader(train, shuffle=True), loader(val, shuffle=False), recipe, train.classes, train.names,
-                description)
+    return Data(loader(train, shuffle=True), loader(val, shuffle=False), recipe, description)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -184,10 +200,11 @@ class RunFolder:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         rows = [json.loads(line) for line in (self.path / "metrics.jsonl").read_text().splitlines()]
-        with open(self.path / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerows(rows)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path / "metrics.csv", table.getvalue())
         for key, value in row.items():
             if key != "epoch" and isinstance(value, float) and math.isfinite(value):
                 self.tb.add_scalar(key, value, row["epoch"])
@@ -200,32 +217,8 @@ class RunFolder:
             self.tb.close()
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Loss and top-1/top-5 error against epochs, training and validation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(epochs, [r["train_loss"] for r in rows], "o-", label="training")
-    left.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation (centre crop)")
-    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    right.plot(epochs, [100 * r["train_top1"] for r in rows], "o-", label="training top-1")
-    right.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", label="validation top-1")
-    right.plot(epochs, [100 * r["val_top5"] for r in rows], "o-", label="validation top-5")
-    right.set(xlabel="epoch", ylabel="error (%)", title="Error rates", ylim=(0, 100))
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
-    plt.close(fig)
-
-
 def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, Path]:
-    """Fill the defaults; with --resume take the saved configuration and checkpoint instead."""
+    """The run folder; with --resume, the saved configuration and the checkpoint to continue from."""
     if cfg.resume:
         state = checkpoint.load(Path(cfg.resume) / "last.pt" if Path(cfg.resume).is_dir() else cfg.resume)
         saved = TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
@@ -235,23 +228,23 @@ def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, Path]:
         if cfg.max_steps is not None:
             saved.max_steps = cfg.max_steps
         return saved, state, Path(state["path"]).parent
-    if cfg.data is None:  # the built-in photos (see BUILT_IN)
-        cfg = dataclasses.replace(cfg, epochs=cfg.epochs or BUILT_IN["epochs"], init=cfg.init or BUILT_IN["init"],
-                                  schedule=cfg.schedule or BUILT_IN["schedule"])
-    cfg = dataclasses.replace(cfg, epochs=cfg.epochs or PAPER_EPOCHS, schedule=cfg.schedule or PAPER_SCHEDULE)
     name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.arch}"
     return cfg, None, Path(cfg.out) / name
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train; returns the run folder. Raises DivergedError on a NaN or infinite loss (last.pt stays good)."""
+    """Train; returns the run folder. Raises DivergedError on a NaN or infinite loss (last.pt stays good).
+
+    The run seeds torch's random generators and gives them back as they were when it ends."""
     cfg, state, run_path = _resolve(cfg)
     rank, world, local_rank = _distributed()
+    device = choose_device(cfg.device)
     try:
-        trainer = Trainer(cfg, run_path, rank, world, local_rank)
-        if state is not None:
-            trainer.restore(state)
-        folder = trainer.run()
+        with torch.random.fork_rng(devices=[local_rank] if device.type == "cuda" else []):
+            trainer = Trainer(cfg, open_data(cfg, rank, world), run_path, rank, world, local_rank)
+            if state is not None:
+                trainer.restore(state)
+            folder = trainer.run()
         if world > 1:
             # DDP keeps the process group, and gloo's worker threads, alive until the process exits. A worker
             # that frees a finished all_reduce's tensors after the interpreter has begun to shut down aborts
@@ -264,41 +257,36 @@ def train(cfg: TrainConfig) -> Path:
 
 
 class Trainer:
-    """The state of a run and the loop over its epochs (§5)."""
+    """The state of a run and the loop over its epochs (§5). Seeds torch's global random generator."""
 
-    def __init__(self, cfg: TrainConfig, run_path: Path, rank: int, world: int, local_rank: int):
-        keep_freed_memory()
-        self.cfg, self.run_path, self.rank, self.world = cfg, run_path, rank, world
+    def __init__(self, cfg: TrainConfig, data: Data, run_path: Path, rank: int = 0, world: int = 1,
+                 local_rank: int = 0):
+        self.cfg = cfg = fill_defaults(cfg)
+        self.data, self.run_path, self.rank, self.world = data, run_path, rank, world
         self.device = choose_device(cfg.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
-        elif world > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-        prepare_device(self.device)
         self.precision = choose_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        self.data = open_data(cfg, rank, world)
-        self.model = build_model(cfg.arch, len(self.data.classes), cfg.lrn, cfg.init, cfg.dropout).to(self.device)
+        self.model = build_model(cfg.arch, len(data.classes), cfg.lrn, cfg.init, cfg.dropout).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                          cfg.weight_decay)
-        self.schedule = Schedule(cfg.schedule or PAPER_SCHEDULE, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.step_size,
-                                 cfg.patience, cfg.min_delta, cfg.max_drops, steps_per_epoch=len(self.data.train))
-        self.recipe = self.data.recipe.to(self.device)
-        self.mixed = functools.partial(autocast, self.device, self.precision)
+        self.schedule = Schedule.of(cfg, steps_per_epoch=len(data.train))
+        self.recipe = data.recipe.to(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch, self.step, self.total_steps, self.best = 0, 0, 0, math.inf
         self.sums = [0, 0.0, 0.0]  # images, summed loss, wrong top-1 so far in this epoch (kept across a resume)
 
     def restore(self, state: dict) -> None:
-        """Continue from a checkpoint: weights, optimizer, schedule, random state, position in the epoch."""
+        """Continue from a checkpoint: weights, optimizer, schedule state, random state, position in the epoch."""
         if state["classes"] != self.data.classes:
             raise ValueError(f"{state['path']} was trained on other classes than {self.data.description}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule = Schedule(**state["schedule"])
+        self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step, self.total_steps, self.best = (state[k] for k in ("epoch", "step", "total_steps",
                                                                                     "best"))
         self.sums = state["sums"]
@@ -306,24 +294,28 @@ class Trainer:
         if self.device.type == "cuda" and state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"][self.device.index % len(state["cuda_rng"])])
 
+    def info(self) -> dict:
+        """What a checkpoint says about the network, beside its weights (inference.Network.info)."""
+        return {"arch": self.cfg.arch, "lrn": self.cfg.lrn, "dropout": self.cfg.dropout, "crop": self.cfg.crop,
+                "classes": self.data.classes, "names": self.data.names,
+                "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "progress"}}
+
     def snapshot(self) -> dict:
         """Everything `restore` needs, and what eval/predict need: a weights_only-loadable dict."""
         r = self.data.recipe
-        return {"arch": self.cfg.arch, "lrn": self.cfg.lrn, "dropout": self.cfg.dropout, "crop": self.cfg.crop,
-                "classes": self.data.classes, "names": self.data.names, "model": self.model.state_dict(),
+        return {**self.info(), "model": self.model.state_dict(),
                 "recipe": {"mean": r.mean, "eigval": r.eigval, "eigvec": r.eigvec},
-                "optimizer": self.optimizer.state_dict(), "schedule": dataclasses.asdict(self.schedule),
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "epoch": self.epoch, "step": self.step, "total_steps": self.total_steps, "best": self.best,
                 "sums": list(self.sums), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-                "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "progress"}}
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
 
     def save(self, best: bool = False) -> None:
         """Write last.pt, and best.pt as the same file (on the first process only)."""
         if self.rank == 0:
             checkpoint.save(self.run_path / "last.pt", self.snapshot())
             if best:
-                checkpoint.copy(self.run_path / "last.pt", self.run_path / "best.pt")
+                link_or_copy(self.run_path / "last.pt", self.run_path / "best.pt")
         self.last_save = time.monotonic()
 
     def done(self) -> bool:
@@ -338,11 +330,12 @@ class Trainer:
             net = torch.nn.parallel.DistributedDataParallel(net, [self.device] if self.device.type == "cuda" else None)
         if cfg.compile:
             net = torch.compile(net)
+        validation = Network(self.model, self.recipe, self.device, self.precision, self.info())
         folder = RunFolder(self.run_path, active=self.rank == 0)
         if self.rank == 0:
-            (self.run_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            print(f"training {cfg.arch!r} on {data.description}: {len(data.train.source.labels)} training and "
-                  f"{len(data.val.source.labels)} validation images, {len(data.classes)} classes; "
+            write_json(self.run_path / "config.json", dataclasses.asdict(cfg))
+            print(f"training {cfg.arch!r} on {data.description}: {len(data.train.source)} training and "
+                  f"{len(data.val.source)} validation images, {len(data.classes)} classes; "
                   f"{self.device.type}, {self.precision}, {self.world} process{'es' if self.world > 1 else ''}; "
                   f"run folder {self.run_path}", flush=True)
         self.last_save = time.monotonic()
@@ -354,8 +347,7 @@ class Trainer:
                     self.save()
                     break
                 seconds = time.monotonic() - started
-                val = evaluate([(self.model, self.recipe)], data.val.epoch(0), self.device, cfg.crop, 1, self.mixed,
-                               _sum)
+                val = evaluate([validation], data.val.epoch(0), reduce=_sum)
                 dropped = self.schedule.end_epoch(val.top1)
                 images, loss, wrong = self.sums
                 row = {"epoch": self.epoch + 1, "train_loss": loss / max(images, 1),
@@ -396,7 +388,7 @@ class Trainer:
                 group["lr"] = lr
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             x = train_batch(images, self.recipe, cfg.crop, cfg.seed, self.epoch, indices)
-            with self.mixed():
+            with autocast(self.device, self.precision):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -439,9 +431,7 @@ def final_evaluation(run_path: Path) -> dict[int, Errors]:
     """Centre-crop and ten-crop validation errors of the run's best checkpoint (last.pt if none is best)."""
     state = checkpoint.load(run_path)
     cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
-    device = choose_device(cfg.device)
-    model = checkpoint.model_from(state).to(device).to(memory_format=torch.channels_last)
-    member = [(model, checkpoint.recipe_from(state).to(device))]
-    val = open_data(cfg).val
-    mixed = functools.partial(autocast, device, choose_precision(cfg.precision, device))
-    return {crops: evaluate(member, val.epoch(0), device, state["crop"], crops, mixed) for crops in (1, 10)}
+    net = network(state, cfg.device, cfg.precision)
+    val = Loader(open_split(data_root(cfg.data), "val"), cfg.batch_size, shuffle=False, workers=cfg.workers,
+                 pin_memory=net.device.type == "cuda")
+    return {crops: evaluate([net], val.epoch(0), crops) for crops in (1, 10)}

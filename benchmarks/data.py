@@ -48,9 +48,10 @@ import torchvision
 from torchvision import transforms
 
 import alexnet.data.augment
-from alexnet.data.augment import Recipe, train_batch
+from alexnet.data.augment import train_batch
 from alexnet.data.folders import list_images
 from alexnet.data.loader import Loader
+from alexnet.data.stats import Recipe
 from alexnet.data.store import Store, prepare
 from alexnet.kernels import cpu_kernels
 from alexnet.runtime import keep_freed_memory

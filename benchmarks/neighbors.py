@@ -1,4 +1,4 @@
-"""Exact nearest-neighbour search over stored fc7 features: `alexnet.analysis.nearest` (a memory map read in
+"""Exact nearest-neighbour search over stored fc7 features: `alexnet.neighbours.nearest` (a memory map read in
 chunks, one matrix product per chunk, a running top-k) next to brute force, torch.cdist + topk on all
 features held in memory, in the same run.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.analysis import CHUNK_ROWS, nearest
+from alexnet.neighbours import CHUNK_ROWS, nearest
 
 DIM = 4096
 

@@ -89,10 +89,12 @@ def ours(store: Path, steps: int, device: str, precision: str, compute_only: boo
     import torch
 
     import alexnet.train as training
+    from alexnet.runtime import tune_process
 
     cfg = training.TrainConfig(data=str(store), epochs=1000, device=device, precision=precision, progress=False,
                                save_every=0)
-    trainer = training.Trainer(cfg, Path(tempfile.mkdtemp()), 0, 1, 0)
+    tune_process(device)  # as `alexnet train` sets the process up
+    trainer = training.Trainer(cfg, training.open_data(cfg), Path(tempfile.mkdtemp()))
     if compute_only:
         images, labels, indices = next(iter(trainer.data.train.epoch(0)))
         trainer.data.train.epoch = lambda epoch, start=0: iter([(images, labels, indices)] * len(trainer.data.train))

@@ -1,11 +1,17 @@
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from alexnet.data.folders import DEFAULT_DATA
 from alexnet.data.store import prepare
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @pytest.fixture
@@ -16,21 +22,86 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def photo_folder(root: Path, train: int, val: int) -> Path:
-    """`root` filled with the first 4 classes of imagenette-mini, `train` and `val` photos of each, in
-    ImageNet's layout (the test is skipped where ../shared/data is absent)."""
+def photos_source() -> Path:
+    """Real photos in ImageNet's layout: imagenette-mini from ../shared/data, else the package's own photos."""
     shared = SHARED_DATA / "imagenette-mini"
-    if not shared.is_dir():
-        pytest.skip("../shared/data is not present")
+    return shared if shared.is_dir() else DEFAULT_DATA
+
+
+def photo_folder(root: Path, train: int, val: int) -> Path:
+    """`root` filled with the first 4 classes of the real photos, `train` and `val` of each, in ImageNet's layout."""
+    source = photos_source()
     for split, count in (("train", train), ("val", val)):
-        for wnid in sorted(p.name for p in (shared / split).iterdir())[:4]:
+        for wnid in sorted(p.name for p in (source / split).iterdir())[:4]:
             (root / split / wnid).mkdir(parents=True)
-            for f in sorted((shared / split / wnid).iterdir())[:count]:
+            for f in sorted((source / split / wnid).iterdir())[:count]:
                 shutil.copy(f, root / split / wnid / f.name)
     return root
+
+
+def big_photo(dst: Path) -> Path:
+    """A full-size, non-square photo of the first class (tench) at `dst`: ILSVRC's own from ../shared/data, else
+    one of the package's photos enlarged to 500×375."""
+    samples = SHARED_DATA / "imagenet-samples"
+    if samples.is_dir():
+        shutil.copy(sorted(samples.iterdir())[0], dst)
+    else:
+        first = sorted((DEFAULT_DATA / "train").iterdir())[0]
+        Image.open(sorted(first.iterdir())[0]).convert("RGB").resize((500, 375), Image.BICUBIC).save(dst, "JPEG")
+    return dst
 
 
 def photo_store(tmp_path_factory: pytest.TempPathFactory, train: int, val: int) -> Path:
     """A store made by `prepare` of photo_folder's photos."""
     root = photo_folder(tmp_path_factory.mktemp("photos"), train, val)
     return prepare(root, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path
+
+
+def cifar_source(root: Path) -> Path:
+    """CIFAR-10 training images in class folders: cifar10-mini from ../shared/data, else (at `root`) 32×32 PNGs
+    made of the package's photos, 105 per class, its ten classes named as CIFAR-10's."""
+    shared = SHARED_DATA / "cifar10-mini" / "train"
+    if shared.is_dir():
+        return shared
+    classes = sorted(p.name for p in (DEFAULT_DATA / "train").iterdir())
+    for name, wnid in zip(CIFAR_CLASSES, classes, strict=True):
+        (root / name).mkdir(parents=True)
+        files = sorted((DEFAULT_DATA / "train" / wnid).iterdir()) + sorted((DEFAULT_DATA / "val" / wnid).iterdir())
+        for i, f in enumerate(files):
+            Image.open(f).convert("RGB").resize((32, 32), Image.BILINEAR).save(root / name / f"{i:04d}.png")
+    return root
+
+
+HOOK = """
+import importlib, sys
+module, name, condition = sys.argv[1:4]
+owner = importlib.import_module(module)
+real = getattr(owner, name)
+
+def hooked(*args):
+    result = real(*args)
+    if eval(condition):
+        print("hooked", flush=True)
+        sys.stdin.read()  # until the test kills this process
+    return result
+
+setattr(owner, name, hooked)
+from alexnet.cli import main
+main(sys.argv[4:])
+"""
+
+
+def kill_when(module: str, name: str, condition: str, *argv: str) -> None:
+    """Run `alexnet ARGV` in a process whose `module.name` (a function) says when `condition` (a Python expression
+    in its arguments, `args`) has become true just after a call, and SIGKILL it there: an interruption at a
+    known point, without polling."""
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen([sys.executable, "-c", HOOK, module, name, condition, *argv], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=errors, text=True)
+        hooked = any(line == "hooked\n" for line in proc.stdout)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stdin.close()
+        errors.seek(0)
+        assert hooked, f"the process ended before {module}.{name} met {condition}:\n{errors.read()[-3000:]}"

@@ -2,27 +2,29 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import photo_folder
+from conftest import kill_when, photo_folder
 from PIL import Image
 
 from alexnet import checkpoint
-from alexnet.analysis import BARS, CAPTION, LINE, Features, extract_features, nearest
 from alexnet.cli import _parser, main
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import preprocess
 from alexnet.data.store import Store, prepare
-from alexnet.train import TrainConfig, Trainer
+from alexnet.draw import LINE
+from alexnet.features import Features, extract_features
+from alexnet.figures import BARS, CAPTION
+from alexnet.inference import load_network
+from alexnet.neighbours import nearest
+from alexnet.train import TrainConfig, Trainer, open_data
 
-RED = (230, 85, 13)  # analysis.CORRECT, #e6550d
+RED = (230, 85, 13)  # figures.CORRECT, #e6550d
 WHITE = (255, 255, 255)
 
 
@@ -43,7 +45,8 @@ def ckpts(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     paths = {}
     for name, kw in (("paper", {"seed": 1}), ("other", {"seed": 2}), ("owt", {"arch": "owt"})):
-        trainer = Trainer(TrainConfig(data=str(store), epochs=1, progress=False, **kw), out, 0, 1, 0)
+        cfg = TrainConfig(data=str(store), epochs=1, progress=False, **kw)
+        trainer = Trainer(cfg, open_data(cfg), out)
         paths[name] = out / f"{name}.pt"
         checkpoint.save(paths[name], trainer.snapshot())
     yield paths
@@ -72,10 +75,9 @@ def crop_of(image: str | Path, crop: int = 224) -> np.ndarray:
 
 
 def fc7(path: Path, pixels: np.ndarray) -> torch.Tensor:
-    state = checkpoint.load(path)
-    model, recipe = checkpoint.model_from(state), checkpoint.recipe_from(state)
+    net = load_network(str(path), "cpu", "fp32")  # as the commands set a checkpoint up
     with torch.no_grad():
-        return model.forward_fc7(center_crop(torch.from_numpy(pixels), recipe, state["crop"]))
+        return net.model.forward_fc7(center_crop(torch.from_numpy(pixels), net.recipe, net.crop))
 
 
 def brute_force(features: np.ndarray, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,19 +233,8 @@ def test_resumed_extraction_after_kill_equals_an_uninterrupted_one(store, ckpts,
     straight = subprocess.run([*args, str(tmp_path / "straight")], capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*args, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    rows = 0
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            rows = json.loads((killed / "progress.json").read_text())["rows"]
-        except (OSError, ValueError):
-            rows = 0
-        if rows >= 4:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when("alexnet.features", "write_json", "args[0].name == 'progress.json' and args[1]['rows'] >= 4",
+              *args[3:], str(killed))
     assert 4 <= json.loads((killed / "progress.json").read_text())["rows"] < 40, "the kill should land mid-way"
     assert not (killed / "done.json").exists()
     with pytest.raises(ValueError, match="unfinished"):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import alexnet.data.augment
-from alexnet.data.augment import Recipe, center_crop, ten_crop, train_batch
+from alexnet.data.augment import center_crop, ten_crop, train_batch
+from alexnet.data.stats import Recipe
 from alexnet.kernels import cpu_kernels
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import photo_store
 
-from alexnet.data.augment import Recipe, ten_crop, train_batch
+from alexnet.data.augment import ten_crop, train_batch
+from alexnet.data.stats import Recipe
 from alexnet.model import build_model
 from alexnet.train import TrainConfig, train
 

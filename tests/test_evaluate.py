@@ -14,7 +14,8 @@ from alexnet import checkpoint
 from alexnet.data.augment import center_crop, ten_crop
 from alexnet.data.store import Store
 from alexnet.evaluate import evaluate, probabilities, wrong
-from alexnet.train import TrainConfig, Trainer
+from alexnet.inference import load_networks
+from alexnet.train import TrainConfig, Trainer, open_data
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +29,12 @@ def checkpoints(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     paths = []
     for seed in (1, 2):
-        trainer = Trainer(TrainConfig(data=str(store), seed=seed, epochs=1, progress=False), out, 0, 1, 0)
+        cfg = TrainConfig(data=str(store), seed=seed, epochs=1, progress=False)
+        trainer = Trainer(cfg, open_data(cfg), out)
         paths.append(out / f"net{seed}.pt")
         checkpoint.save(paths[-1], trainer.snapshot())
-    trainer = Trainer(TrainConfig(data=None, epochs=1, progress=False), out, 0, 1, 0)
+    cfg = TrainConfig(data=None, epochs=1, progress=False)
+    trainer = Trainer(cfg, open_data(cfg), out)
     checkpoint.save(out / "ten_classes.pt", trainer.snapshot())
     yield paths, out / "ten_classes.pt"
     shutil.rmtree(out)  # about 700 MB: freed when the module is done, not at the end of the session
@@ -42,7 +45,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def members(paths):
-    return [(checkpoint.model_from(s), checkpoint.recipe_from(s)) for s in map(checkpoint.load, paths)]
+    return load_networks([str(p) for p in paths], "cpu", "fp32")
 
 
 def test_ensemble_and_ten_crops_average_the_softmax_outputs(store, checkpoints):
@@ -50,11 +53,10 @@ def test_ensemble_and_ten_crops_average_the_softmax_outputs(store, checkpoints):
     nets = members(paths)
     images = torch.from_numpy(Store(store).split("val").read(np.arange(6)))
     with torch.no_grad():
-        by_hand = sum(F.softmax(m(center_crop(images, r)), 1) for m, r in nets) / 2
+        by_hand = sum(F.softmax(n.model(center_crop(images, n.recipe)), 1) for n in nets) / 2
         assert torch.allclose(probabilities(nets, images, crops=1), by_hand, atol=1e-6)
-        model, recipe = nets[0]
-        views = ten_crop(images, recipe)
-        by_hand = sum(F.softmax(model(v), 1) for v in views) / 10
+        views = ten_crop(images, nets[0].recipe)
+        by_hand = sum(F.softmax(nets[0].model(v), 1) for v in views) / 10
         assert torch.allclose(probabilities(nets[:1], images, crops=10), by_hand, atol=1e-6)
 
 
@@ -73,7 +75,7 @@ def test_eval_command_counts_every_image_and_matches_the_library(store, checkpoi
     assert report["images"] == len(split) == 20
     from alexnet.data.loader import Loader
 
-    errors = evaluate(members(paths[:1]), Loader(split, 7, shuffle=False).epoch(0), torch.device("cpu"))
+    errors = evaluate(members(paths[:1]), Loader(split, 7, shuffle=False).epoch(0))
     assert report["top1_error"] == pytest.approx(errors.top1) and report["top5_error"] == pytest.approx(errors.top5)
     ensemble = cli("eval", *map(str, paths), "--data", str(store), "--crops", "10")
     assert ensemble.returncode == 0 and "an ensemble of 2, ten crops" in ensemble.stdout

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cifar_source
 from PIL import Image
 
 from alexnet import experiments
@@ -13,11 +14,9 @@ from alexnet.cli import main
 from alexnet.experiments import EXPERIMENTS, FourLayerNet, Split, ThreadChooser, epochs_to_reach, init_weights
 
 
-def cifar_folder(shared_data: Path, root: Path, train: int = 20, test: int = 5, test_name: str = "test") -> Path:
-    """A CIFAR-10 layout with `train` and `test` images per class, linked from the train-only cifar10-mini."""
-    source = shared_data / "cifar10-mini" / "train"
-    if not source.is_dir():
-        pytest.skip("../shared/data/cifar10-mini is not present")
+def cifar_folder(root: Path, train: int = 20, test: int = 5, test_name: str = "test") -> Path:
+    """A CIFAR-10 layout with `train` and `test` images per class, linked from training images (cifar_source)."""
+    source = cifar_source(root.parent / "source")
     for folder in sorted(source.iterdir()):
         files = sorted(folder.iterdir())
         for split, chosen in (("train", files[:train]), (test_name, files[train:train + test])):
@@ -139,7 +138,7 @@ def test_inputs_subtract_the_mean_image_and_flip():
     assert torch.allclose(x[0], -x[1])  # two images: each is ± half their difference from the mean
     flipped = inputs(images, np.array([True, False]))
     assert torch.equal(flipped[0], x[0].flip(2)) and torch.equal(flipped[1], x[1])
-    unit = experiments._Inputs(Split(images, np.array([0, 1])), "unit", chunk=1)
+    unit = experiments._Inputs(Split(images, np.array([0, 1])), "unit")
     assert unit.scale == pytest.approx(torch.from_numpy(images).double().std(correction=0).item())
     assert torch.allclose(unit(images), x / unit.scale)
 
@@ -197,8 +196,8 @@ def read_png_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name, epochs", [("relu-vs-tanh", 2), ("lrn", 1), ("pooling", 1)])
-def test_experiment_runs_end_to_end(shared_data, tmp_path, capsys, name, epochs):
-    data = cifar_folder(shared_data, tmp_path / "cifar")
+def test_experiment_runs_end_to_end(tmp_path, capsys, name, epochs):
+    data = cifar_folder(tmp_path / "cifar")
     out = tmp_path / "out"
     main(["experiment", name, "--data", str(data), "--epochs", str(epochs), "--batch-size", "50", "--out", str(out),
           "--cache", str(tmp_path / "cache")])
@@ -221,8 +220,8 @@ def test_experiment_runs_end_to_end(shared_data, tmp_path, capsys, name, epochs)
     assert "paper:" in printed
 
 
-def test_decoded_images_are_cached(shared_data, tmp_path, monkeypatch):
-    data = cifar_folder(shared_data, tmp_path / "cifar", train=3, test=2, test_name="val")
+def test_decoded_images_are_cached(tmp_path, monkeypatch):
+    data = cifar_folder(tmp_path / "cifar", train=3, test=2, test_name="val")
     train, test, classes = experiments.load_cifar(data, tmp_path / "cache", progress=False)
     assert train.images.shape == (30, 32, 32, 3) and train.images.dtype == np.uint8
     assert test.images.shape == (20, 32, 32, 3)
@@ -237,8 +236,8 @@ def test_decoded_images_are_cached(shared_data, tmp_path, monkeypatch):
     assert np.array_equal(again.images, train.images) and np.array_equal(again_test.labels, test.labels)
 
 
-def test_test_split_is_labelled_by_the_train_classes(shared_data, tmp_path):
-    data = cifar_folder(shared_data, tmp_path / "cifar", train=2, test=3)
+def test_test_split_is_labelled_by_the_train_classes(tmp_path):
+    data = cifar_folder(tmp_path / "cifar", train=2, test=3)
     for name in sorted(p.name for p in (data / "test").iterdir()):
         if name not in ("cat", "ship"):
             shutil.rmtree(data / "test" / name)

@@ -4,6 +4,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import big_photo, photos_source
 
 from alexnet.data.folders import list_images, preprocess
 from alexnet.data.loader import Loader
@@ -13,16 +14,15 @@ N = 15  # photos in the fixture: batches of 4 end with a short batch of 3, batch
 
 
 @pytest.fixture
-def photos(shared_data, tmp_path):
+def photos(tmp_path):
     """A small ImageNet-layout train folder of real photos: 3 classes (5, 5, 4 files) and a full-size photo."""
     root = tmp_path / "photos"
-    source = shared_data / "imagenette-mini" / "train"
+    source = photos_source() / "train"
     for wnid, count in zip(sorted(p.name for p in source.iterdir())[:3], (5, 5, 4), strict=True):
         (root / "train" / wnid).mkdir(parents=True)
         for f in sorted((source / wnid).iterdir())[:count]:
             shutil.copy(f, root / "train" / wnid / f.name)
-    big = sorted((shared_data / "imagenet-samples").iterdir())[0]  # tench, the first class: non-square, large
-    shutil.copy(big, root / "train" / big.name.split("_")[0] / "big.JPEG")
+    big_photo(root / "train" / "n01440764" / "big.JPEG")  # tench, the first class: non-square, large
     return root
 
 

@@ -2,6 +2,12 @@ import pytest
 import torch
 
 from alexnet.optim import PaperSGD, Schedule, build_optimizer
+from alexnet.train import TrainConfig, fill_defaults
+
+
+def schedule(kind: str, steps_per_epoch: int = 1, **settings) -> Schedule:
+    """The schedule of a run on a data set of one's own configured with `settings`, the rest at the defaults."""
+    return Schedule.of(fill_defaults(TrainConfig(data="STORE", schedule=kind, **settings)), steps_per_epoch)
 
 
 def problem(seed: int = 0):
@@ -50,7 +56,7 @@ def test_paper_sgd_equals_torch_sgd_while_the_rate_is_constant_and_differs_after
 
 
 def test_plateau_divides_by_ten_after_patience_at_most_three_times():
-    s = Schedule("plateau", lr=0.01, patience=2, min_delta=0.01)
+    s = schedule("plateau", lr=0.01, patience=2, min_delta=0.01)
     errors = [0.9, 0.8, 0.795, 0.79, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
     drops = [s.end_epoch(e) for e in errors]
     # 0.795 and 0.79 improve by less than min_delta: two bad epochs, the first drop
@@ -60,22 +66,22 @@ def test_plateau_divides_by_ten_after_patience_at_most_three_times():
 
 
 def test_plateau_does_not_drop_before_the_error_first_improves():
-    s = Schedule("plateau", lr=0.01, patience=2)
+    s = schedule("plateau", lr=0.01, patience=2)
     assert [s.end_epoch(e) for e in (0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8)] == [False] * 6 + [True]
 
 
 def test_step_cosine_and_warmup():
-    step = Schedule("step", lr=0.01, step_size=30)
+    step = schedule("step", lr=0.01, step_size=30)
     assert [step.rate(e) for e in (0, 29.9, 30, 60)] == pytest.approx([0.01, 0.01, 0.001, 0.0001])
-    cos = Schedule("cosine", lr=0.01, epochs=10)
+    cos = schedule("cosine", lr=0.01, epochs=10)
     assert cos.rate(0) == pytest.approx(0.01) and cos.rate(5) == pytest.approx(0.005) and cos.rate(10) == 0
-    warm = Schedule("plateau", lr=0.01, warmup_epochs=1, steps_per_epoch=10)
+    warm = schedule("plateau", 10, lr=0.01, warmup_epochs=1)
     assert warm.rate(0) == pytest.approx(0.001) and warm.rate(0.5) == pytest.approx(0.006)
     assert warm.rate(1) == pytest.approx(0.01)
 
 
 def test_unknown_names_are_rejected():
     with pytest.raises(ValueError, match="unknown schedule"):
-        Schedule("linear")
+        schedule("linear")
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 0.1, 0.9, 0.0)

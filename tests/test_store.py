@@ -1,18 +1,14 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import photo_folder
+from conftest import big_photo, kill_when, photo_folder
 from PIL import Image
 
-import alexnet.data.store
+import alexnet.data.stats
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import list_images
 from alexnet.data.store import Store, prepare
@@ -20,12 +16,10 @@ from alexnet.kernels import cpu_kernels
 
 
 @pytest.fixture
-def photos(shared_data, tmp_path):
+def photos(tmp_path):
     """A small ImageNet-layout folder of real photos: 4 classes, 6 train and 2 val images each."""
     root = photo_folder(tmp_path / "photos", train=6, val=2)
-    # a full-size photo of another shape, to exercise the resize
-    big = sorted((shared_data / "imagenet-samples").iterdir())[0]
-    shutil.copy(big, root / "train" / big.name.split("_")[0] / "big.JPEG")
+    big_photo(root / "train" / "n01440764" / "big.JPEG")  # a full-size photo of another shape: the resize
     return root
 
 
@@ -84,7 +78,7 @@ def test_mean_image_and_rgb_pca_equal_a_direct_numpy_computation(photos, tmp_pat
 @pytest.mark.skipif(cpu_kernels() is None, reason="the CPU kernels are not built here")
 def test_statistics_kernel_and_plain_numpy_agree_exactly(photos, tmp_path, monkeypatch):
     prepare(photos, tmp_path / "kernel", workers=2, progress=False)
-    monkeypatch.setattr(alexnet.data.store, "cpu_kernels", lambda: None)  # forked workers inherit it
+    monkeypatch.setattr(alexnet.data.stats, "cpu_kernels", lambda: None)  # forked workers inherit it
     monkeypatch.setenv("ALEXNET_KERNELS", "0")  # and workers that start afresh (spawn, forkserver) read it
     prepare(photos, tmp_path / "numpy", workers=2, progress=False)
     assert np.array_equal(np.load(tmp_path / "kernel" / "mean.npy"), np.load(tmp_path / "numpy" / "mean.npy"))
@@ -152,13 +146,8 @@ def test_a_store_killed_mid_write_is_detected_and_finished(tmp_path):
             pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(src / "train" / f"class{c}" / f"{i:03d}.jpg", quality=95)
     dst = tmp_path / "store"
-    cmd = [sys.executable, "-m", "alexnet", "prepare", str(src), str(dst), "--shard-size", "10", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((dst / "train").glob("shard-*.npz")) and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when("alexnet.data.store", "atomic_write", "args[0].name.startswith('shard-')", "prepare", str(src), str(dst),
+              "--shard-size", "10", "--workers", "1")  # killed when the first shard is finished
     done = len(list((dst / "train").glob("shard-*.npz")))
     assert 1 <= done < 18, "the kill should land mid-way"
     with pytest.raises(ValueError, match="unfinished store"):

@@ -1,16 +1,14 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import photo_folder
+from conftest import kill_when, photo_folder
 from PIL import Image
 
 import alexnet.train
@@ -72,17 +70,9 @@ def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path
     hints = straight.stdout[straight.stdout.index("next:\n"):].splitlines()[1:]
     assert f"train --resume {tmp_path / 'straight'} --epochs N" in straight.stdout
     assert len({line.rindex("   ") for line in hints}) == 1  # what each command does, in one column
-    # the same run, killed (SIGKILL) after a mid-epoch checkpoint, then resumed
-    proc = subprocess.Popen(alexnet_cmd(*args, "--name", "killed", "--save-every", "0.0001"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the same run, killed (SIGKILL) once a mid-epoch checkpoint is on disk, then resumed
+    kill_when("alexnet.checkpoint", "save", "args[1]['step'] > 0", *args, "--name", "killed", "--save-every", "0.0001")
     last = tmp_path / "killed" / "last.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if last.is_file() and 1 <= torch.load(last, weights_only=True)["step"] < 12:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     stopped = torch.load(last, weights_only=True)
     assert stopped["epoch"] == 0 and 1 <= stopped["step"] < 12, "the kill should land mid-epoch"
     resumed = run("train", "--resume", str(tmp_path / "killed"), "--no-progress")

@@ -10,20 +10,7 @@ import numpy as np
 import torch
 
 from ..kernels import cpu_kernels
-
-
-class Recipe:
-    """The training-set statistics the recipe needs: the mean image and the RGB principal components."""
-
-    def __init__(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor):
-        self.mean = mean.float()  # (256, 256, 3), pixel values 0..255
-        # on the CPU always, where the random draws are made
-        self.eigval = eigval.float().cpu()  # (3,) eigenvalues of the covariance of RGB values on the [0, 1] scale
-        self.eigvec = eigvec.float().cpu()  # (3, 3), column i is the eigenvector of eigval[i]
-
-    def to(self, device: torch.device | str) -> "Recipe":
-        """The same statistics with the mean image on another device."""
-        return Recipe(self.mean.to(device), self.eigval, self.eigvec)
+from .stats import Recipe
 
 
 def _windows(images: torch.Tensor, crop: int) -> torch.Tensor:

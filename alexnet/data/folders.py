@@ -16,12 +16,16 @@ import logging
 import os
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+
+from .split import Batch, Split
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
@@ -37,8 +41,9 @@ log = logging.getLogger("alexnet")
 
 
 @dataclass(frozen=True)
-class ImageList:
-    """One split: image paths with their labels, and the class list the labels index."""
+class ImageList(Split):
+    """One split of an image folder: image paths with their labels, and the class list the labels index.
+    Its batches are decoded as they are read (the quick path: no prepare), in DataLoader worker processes."""
 
     root: Path  # the folder the images were listed from, e.g. ROOT/train
     paths: list[Path]
@@ -47,8 +52,43 @@ class ImageList:
     names: list[str]  # human-readable class names, same order
     skipped: int = 0  # files without an image extension, left out when listing
 
+    @functools.cached_property
+    def files(self) -> list[str]:
+        """Each image's file, as a string."""
+        return [str(p) for p in self.paths]
+
+    def batches(self, batches: list[np.ndarray], workers: int, pin_memory: bool,
+                bad: Callable[[str, str], None]) -> Iterator[Batch]:
+        """Decode the batches in `workers` processes (none: in this one), four batches ahead per worker."""
+        loader = torch.utils.data.DataLoader(_Decoded(self, batches), batch_size=None, num_workers=workers,
+                                             prefetch_factor=4 if workers else None, pin_memory=pin_memory)
+        for images, labels, indices, refused in loader:
+            for path, reason in refused:
+                bad(path, reason)
+            yield images, labels, indices.numpy()  # the DataLoader made the indices a tensor
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Whole batches of an ImageList, decoded in a DataLoader worker."""
+
+    def __init__(self, images: ImageList, batches: list[np.ndarray]):
+        self.images, self.batches = images, batches
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        arrays, kept, refused = [], [], []
+        for index in self.batches[i]:
+            path = self.images.paths[index]
+            try:
+                arrays.append(preprocess(path))
+                kept.append(index)
+            except BadImageError as err:
+                refused.append((str(path), err.reason))
+        images = np.stack(arrays) if arrays else np.zeros((0, 256, 256, 3), np.uint8)
+        kept = np.array(kept, np.int64)
+        return torch.from_numpy(images), torch.from_numpy(self.images.labels[kept]), kept, refused
 
 
 def splits(root: str | Path) -> list[str]:
@@ -80,6 +120,16 @@ def list_images(root: str | Path, split: str = "train", label_file: str | Path |
             raise ValueError(f"val class folder {folder / unknown[0]} has no train class of that name")
         return _list_class_folders(folder, train_classes or val_classes, val_classes)
     return _list_flat_val(root, folder, train_classes or list(imagenet_classes()), label_file)
+
+
+def known_class(image: str | Path, classes: list[str]) -> int | None:
+    """The class of an image when its place says so: its folder is named after a class (ImageNet's
+    train/<wnid>/ layout), or its file name starts with one and "_" (n01440764_10026.JPEG); else None."""
+    image = Path(image)
+    index = {c: i for i, c in enumerate(classes)}
+    if image.parent.name in index:
+        return index[image.parent.name]
+    return index.get(image.stem.split("_")[0]) if "_" in image.stem else None
 
 
 def class_names(classes: list[str]) -> list[str]:

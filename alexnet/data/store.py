@@ -25,43 +25,31 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from ..files import atomic_write, write_json
 from ..kernels import cpu_kernels
-from .augment import Recipe
 from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
+from .split import Batch, Split
+from .stats import PixelStats, Recipe
 
 VERSION = 2  # 2: rgb.npz on the [0, 1] scale (1 had it on the 0-255 scale)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file and a rename: the file is there whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
-
-
-def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | None], tuple]:
+def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | None], PixelStats]:
     """In a worker: preprocess consecutive files into their rows of the shard; return the reason each
-    refused file was refused (None where it was written) and the sums the statistics need."""
+    refused file was refused (None where it was written) and, for the training split, their statistics."""
     shard_path, first, files, size, train = job
     shard = np.load(shard_path, mmap_mode="r+")
-    image_sum, pixel_sum, pixel_outer = np.zeros((size, size, 3)), np.zeros(3), np.zeros((3, 3))
-    kernels = cpu_kernels()
+    stats = PixelStats.empty(size, size)
     reasons: list[str | None] = []
     for row, path in enumerate(files, first):
         try:
@@ -71,15 +59,10 @@ def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | 
             continue
         shard[row] = image
         reasons.append(None)
-        if train and kernels is not None:  # one pass (csrc/stats.cpp)
-            kernels.add_image_stats(*map(torch.from_numpy, (image, image_sum, pixel_sum, pixel_outer)))
-        elif train:
-            image_sum += image
-            pixels = np.ascontiguousarray(image.reshape(-1, 3).T, dtype=np.float64)  # (3, H·W): exact sums
-            pixel_sum += pixels.sum(1)
-            pixel_outer += pixels @ pixels.T
+        if train:
+            stats.add(image)
     shard.flush()
-    return reasons, (image_sum, pixel_sum, pixel_outer)
+    return reasons, stats
 
 
 def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) -> dict:
@@ -112,7 +95,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
             print(f"{dst} was prepared from other files or by another version: starting over")
             shutil.rmtree(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    _write_json(dst / "plan.json", plan)
+    write_json(dst / "plan.json", plan)
 
     bad = BadFiles()
     workers = workers or len(os.sched_getaffinity(0))
@@ -135,9 +118,9 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
             bar.close()
             stats[split] = _finish_split(dst / split, shards, size, split == "train")
     if "train" in stats:
-        _write_statistics(dst, *stats["train"])
+        _write_statistics(dst, stats["train"])
     counts = {split: int(np.load(dst / split / "labels.npy").shape[0]) for split in plan["splits"]}
-    _write_json(dst / "store.json", {"version": VERSION, "digest": plan["digest"], "counts": counts,
+    write_json(dst / "store.json", {"version": VERSION, "digest": plan["digest"], "counts": counts,
                                      "bad_files": dict(bad.counts)})
     print(f"prepared {', '.join(f'{n} {s}' for s, n in counts.items())} images into {dst}; {bad.summary()}")
     return Store(dst)
@@ -151,16 +134,15 @@ def _write_shard(pool, files: list[str], labels: list[int], size: int, marker: P
     partial = images_path.with_name(images_path.stem + ".partial.npy")
     np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
     jobs = [(str(partial), i, files[i:i + chunk], size, train) for i in range(0, len(files), chunk)]
-    sums = [np.zeros((size, size, 3)), np.zeros(3), np.zeros((3, 3))]
+    stats = PixelStats.empty(size, size)
     kept = []
-    for (_, first, chunk_files, _, _), (reasons, chunk_sums) in zip(jobs, pool.imap(_load_chunk, jobs), strict=True):
+    for (_, first, chunk_files, _, _), (reasons, chunk_stats) in zip(jobs, pool.imap(_load_chunk, jobs), strict=True):
         for row, (path, reason) in enumerate(zip(chunk_files, reasons, strict=True), first):
             if reason is None:
                 kept.append(row)
             else:
                 bad.add(path, reason)
-        for total, part in zip(sums, chunk_sums, strict=True):
-            total += part
+        stats.merge(chunk_stats)
         bar.update(len(chunk_files))
         if len(bad) > bad_before:
             bar.set_postfix(bad=len(bad) - bad_before)
@@ -170,50 +152,38 @@ def _write_shard(pool, files: list[str], labels: list[int], size: int, marker: P
     partial.replace(images_path)
     atomic_write(marker, lambda f: np.savez(
         f, labels=np.array(labels, np.int64)[kept], files=np.array(files)[kept],
-        image_sum=sums[0], pixel_sum=sums[1], pixel_outer=sums[2]))
+        image_sum=stats.image_sum, pixel_sum=stats.pixel_sum, pixel_outer=stats.pixel_outer))
 
 
-def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> tuple:
-    """Gather the shards' labels and file lists; sum their statistics."""
+def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> PixelStats:
+    """Gather the shards' labels and file lists; sum their statistics (the training split's)."""
     labels, files = [], []
-    image_sum, pixel_sum, pixel_outer = np.zeros((size, size, 3)), np.zeros(3), np.zeros((3, 3))
+    stats = PixelStats.empty(size, size)
     for marker in shards:
         with np.load(marker) as shard:
             labels.append(shard["labels"])
             files += shard["files"].tolist()
             if train:
-                image_sum += shard["image_sum"]
-                pixel_sum += shard["pixel_sum"]
-                pixel_outer += shard["pixel_outer"]
+                stats.merge(PixelStats(len(shard["labels"]), shard["image_sum"], shard["pixel_sum"],
+                                       shard["pixel_outer"]))
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     atomic_write(folder / "labels.npy", lambda f: np.save(f, labels))
     atomic_write(folder / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
-    return len(labels), image_sum, pixel_sum, pixel_outer
+    return stats
 
 
-def rgb_pca(pixel_sum: np.ndarray, pixel_outer: np.ndarray, pixels: int) -> dict[str, np.ndarray]:
-    """§4.1: mean, covariance and eigen-decomposition of RGB values from their sums over `pixels` pixels.
-
-    On the [0, 1] scale, where ImageNet's are the widely used eigval (0.2175, 0.0188, 0.0045)."""
-    mean = pixel_sum / pixels / 255
-    cov = pixel_outer / pixels / 255**2 - np.outer(mean, mean)
-    eigval, eigvec = np.linalg.eigh(cov)
-    return {"eigval": eigval, "eigvec": eigvec, "cov": cov, "mean": mean}
-
-
-def _write_statistics(dst: Path, count: int, image_sum: np.ndarray, pixel_sum: np.ndarray,
-                      pixel_outer: np.ndarray) -> None:
+def _write_statistics(dst: Path, stats: PixelStats) -> None:
     """§2: the mean image; §4.1: the eigen-decomposition of the RGB covariance over all training pixels."""
-    if count == 0:
+    if stats.count == 0:
         raise ValueError("the training split has no usable images")
-    pca = rgb_pca(pixel_sum, pixel_outer, count * image_sum.shape[0] * image_sum.shape[1])
-    atomic_write(dst / "mean.npy", lambda f: np.save(f, image_sum / count))
-    atomic_write(dst / "rgb.npz", lambda f: np.savez(f, **pca))
+    atomic_write(dst / "mean.npy", lambda f: np.save(f, stats.mean_image()))
+    atomic_write(dst / "rgb.npz", lambda f: np.savez(f, **stats.pca()))
 
 
 @dataclass
-class StoreSplit:
-    """One split of a store: its images as memory maps, with labels, classes and source files."""
+class StoreSplit(Split):
+    """One split of a store: its images as memory maps, with labels, classes and source files; its batches
+    are read ahead by a background thread (memory-map copies release the GIL)."""
 
     shards: list[np.ndarray]
     labels: np.ndarray
@@ -223,9 +193,6 @@ class StoreSplit:
 
     def __post_init__(self):
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
     def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The images at `indices` (any order), uint8 (len, 256, 256, 3), into `out` if given."""
@@ -238,6 +205,41 @@ class StoreSplit:
             order = np.argsort(local)  # in file order: sequential reads where the batch allows
             out[rows[order]] = self.shards[s][local[order]]
         return out
+
+    def batches(self, batches: list[np.ndarray], workers: int, pin_memory: bool,
+                bad: Callable[[str, str], None], depth: int = 3) -> Iterator[Batch]:
+        """Read the batches `depth` ahead in a thread (a store has no bad files, and needs no workers)."""
+        ready: queue.Queue = queue.Queue(depth)
+        stop = threading.Event()
+
+        def work():
+            try:
+                for indices in batches:
+                    if stop.is_set():
+                        return
+                    images = torch.empty((len(indices), *self.shards[0].shape[1:]), dtype=torch.uint8,
+                                         pin_memory=pin_memory)
+                    self.read(indices, out=images.numpy())
+                    ready.put((images, torch.from_numpy(self.labels[indices]), indices))
+            except Exception as err:  # raised in the consumer, which would otherwise wait forever
+                ready.put(err)
+                return
+            ready.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    thread.join(0.05)
 
 
 class Store:
@@ -267,7 +269,7 @@ class Store:
         return StoreSplit(shards, np.load(folder / "labels.npy"), files, part["classes"], part["names"])
 
     def recipe(self) -> Recipe:
-        """The training split's mean image and RGB principal components."""
+        """The training split's mean image and RGB principal components, as `prepare` computed them."""
         with np.load(self.path / "rgb.npz") as rgb:
             eigval, eigvec = torch.from_numpy(rgb["eigval"]), torch.from_numpy(rgb["eigvec"])
         return Recipe(torch.from_numpy(np.load(self.path / "mean.npy")), eigval, eigvec)

@@ -1,0 +1,46 @@
+"""Where a data set is: a store made by `alexnet prepare`, an image folder, or (None) the built-in photos."""
+
+import hashlib
+from pathlib import Path
+
+from ..files import cache_dir
+from .folders import DEFAULT_DATA, list_images, splits
+from .split import Split
+from .store import Store, prepare
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is a store folder, finished or not."""
+    return (Path(path) / "store.json").is_file() or (Path(path) / "plan.json").is_file()
+
+
+def builtin_store() -> Path:
+    """The built-in photos (assets/imagenette), prepared into the cache folder on first use."""
+    store = cache_dir() / f"default-{hashlib.sha256(str(DEFAULT_DATA).encode()).hexdigest()[:12]}"
+    prepare(DEFAULT_DATA, store, progress=False)  # nothing to do once it is there
+    return store
+
+
+def data_root(data: str | Path | None) -> Path:
+    """The folder a command reads: `data` itself, or for None the built-in photos' store."""
+    root = builtin_store() if data is None else Path(data).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    return root
+
+
+def describe(data: str | Path | None) -> str:
+    """The data set in words, for people."""
+    if data is None:
+        return f"the built-in photos ({DEFAULT_DATA})"
+    return f"{'store' if is_store(data) else 'JPEG folder'} {data}"
+
+
+def split_names(root: str | Path) -> list[str]:
+    """The splits a store or an image folder has ("train", "val")."""
+    return Store(root).splits if is_store(root) else splits(root)
+
+
+def open_split(root: str | Path, split: str) -> Split:
+    """A split of a store or of an image folder (see data_root for the built-in photos)."""
+    return Store(root).split(split) if is_store(root) else list_images(root, split)

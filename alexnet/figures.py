@@ -1,0 +1,172 @@
+"""The paper's figures (§6.1): the first-layer kernels (Figure 3), top-5 predictions (Figure 4, left) and
+nearest neighbours in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py); and a run's curves."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .draw import FONT, LINE, Canvas, Grid, center, fit
+from .evaluate import Predictions
+from .files import atomic_write
+from .inference import load_network
+from .neighbours import Neighbours
+
+BAR = "#9ecae1"  # a predicted class
+CORRECT = "#e6550d"  # the image's own class (Figure 4 draws it red)
+GREY = 200  # the tile of an image that cannot be read
+
+
+# ---------------------------------------------------------------------------------------------- Figure 3
+
+
+def kernel_pixels(kernel: torch.Tensor, zoom: int = 1) -> np.ndarray:
+    """A (3, h, w) kernel as an RGB uint8 image: min-max scaled on its own, each weight zoom×zoom pixels."""
+    k = kernel.detach().double().cpu().numpy().transpose(1, 2, 0)
+    low, high = k.min(), k.max()
+    scaled = (k - low) / (high - low) if high > low else np.full_like(k, 0.5)
+    pixels = np.rint(scaled * 255).astype(np.uint8)
+    return pixels.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+
+def filter_grids(towers: list[int], columns: int = 16, zoom: int = 4, gap: int = 2,
+                 margin: int = 8, label: int = 20) -> tuple[tuple[int, int], list[tuple[int, Grid]]]:
+    """The layout of Figure 3: one block of tiles per tower, stacked, each under a `label` band.
+
+    Returns the picture's (height, width) and, per tower, the block's top row and its grid (whose margin
+    is 0: its tiles lie at grid.origin() + (top, margin))."""
+    if columns < 1 or zoom < 1 or gap < 0:
+        raise ValueError(f"columns and zoom must be positive and gap not negative, got {columns}, {zoom}, {gap}")
+    blocks, top = [], margin
+    for count in towers:
+        grid = Grid(-(-count // columns), min(columns, count), (11 * zoom, 11 * zoom), gap, header=label, margin=0)
+        blocks.append((top, grid))
+        top += grid.size[0] + margin
+    width = 2 * margin + max(grid.size[1] for _, grid in blocks)
+    return (top, width), blocks
+
+
+def plot_filters(path: str, out: str | Path, columns: int = 16, zoom: int = 4, gap: int = 2) -> Path:
+    """`alexnet filters`: Figure 3, conv1's kernels as images, one labelled block per tower (§6.1)."""
+    towers = load_network(path, "cpu", "fp32").model.conv1_towers()
+    (height, width), blocks = filter_grids([len(t) for t in towers], columns, zoom, gap)
+    canvas = Canvas(height, width)
+    margin = 8
+    for t, (kernels, (top, grid)) in enumerate(zip(towers, blocks, strict=True)):
+        size = kernels.shape[-1]
+        if len(towers) > 1:
+            what = f"tower {t + 1} (GPU {t + 1} in the paper): conv1 kernels {t * len(kernels) + 1}–" \
+                   f"{(t + 1) * len(kernels)}, {size}×{size}×3"
+        else:
+            what = f"conv1: {len(kernels)} kernels, {size}×{size}×3 (one tower)"
+        canvas.text(top + 3, margin, what, size=9)
+        for i, kernel in enumerate(kernels):
+            y, x = grid.origin(i // grid.columns, i % grid.columns)
+            canvas.paste(top + y, margin + x, kernel_pixels(kernel, zoom * 11 // size))
+    return canvas.save(out)
+
+
+# ------------------------------------------------------------------------------------- Figure 4, left
+
+
+CAPTION = 2 * LINE + 4  # file name, then the true class
+BARS = 5 * 18 + 6
+
+
+def predictions_grid(count: int, crop: int, columns: int = 4) -> Grid:
+    """The layout of Figure 4 (left): each image's centre crop, its caption, then its top-5 bars below."""
+    if columns < 1:
+        raise ValueError(f"columns must be positive, got {columns}")
+    columns = min(columns, count)
+    return Grid(-(-count // columns), columns, (crop, crop), gap=12, below=CAPTION + BARS, header=2 * LINE)
+
+
+def plot_predictions(pred: Predictions, out: str | Path, columns: int = 4) -> Path:
+    """Figure 4 (left): each image's centre crop and its top-5 classes as bars of their probabilities,
+    the image's own class in red where known (§6.1)."""
+    grid = predictions_grid(len(pred.images), pred.crop, columns)
+    canvas = Canvas(*grid.size)
+    patches = "ten patches" if pred.crops == 10 else "the centre patch"
+    canvas.text(grid.margin, grid.margin, f"top-5 predictions ({patches}) of {pred.checkpoint}", size=9)
+    values, indices = pred.probs.topk(min(5, pred.probs.shape[1]), dim=1)
+    for n, (image, truth) in enumerate(zip(pred.images, pred.truth(), strict=True)):
+        top, left = grid.origin(n // grid.columns, n % grid.columns)
+        canvas.paste(top, left, center(pred.pixels[n], pred.crop))
+        below = top + pred.crop + 2
+        canvas.text(below, left, fit(Path(image).name, pred.crop))
+        if truth is None:
+            canvas.text(below + LINE, left, "class unknown", color="0.4")
+        else:
+            missed = "" if truth in indices[n].tolist() else " (not in the top 5)"
+            canvas.text(below + LINE, left, fit(pred.names[truth] + missed, pred.crop), color=CORRECT,
+                        weight="bold")
+        ax = canvas.axes(below + CAPTION, left, BARS - 6, pred.crop)
+        ranks = range(len(values[n]))
+        ax.barh(ranks, values[n].tolist(), height=0.8,
+                color=[CORRECT if int(i) == truth else BAR for i in indices[n]])
+        for rank, (p, i) in enumerate(zip(values[n].tolist(), indices[n].tolist(), strict=True)):
+            ax.text(0.01, rank, fit(f"{pred.names[i]}  {100 * p:.1f}%", pred.crop - 4), va="center",
+                    fontsize=FONT - 1)
+        ax.set(xlim=(0, 1), ylim=(len(values[n]) - 0.5, -0.5), xticks=[], yticks=[])
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    return canvas.save(out)
+
+
+# -------------------------------------------------------------------------------------- Figure 4, right
+
+
+def neighbours_grid(queries: int, k: int, crop: int) -> Grid:
+    """The layout of Figure 4 (right): one row per query, the query then its k neighbours, each captioned."""
+    return Grid(queries, 1 + k, (crop, crop), gap=6, below=CAPTION, header=2 * LINE)
+
+
+def plot_neighbours(found: Neighbours, out: str | Path) -> Path:
+    """Figure 4 (right): each query's centre crop, then its nearest images by fc7 distance (§6.1)."""
+    f = found.features
+    crop = f.meta["crop"]
+    grid = neighbours_grid(len(found.queries), found.rows.shape[1], crop)
+    canvas = Canvas(*grid.size)
+    canvas.text(grid.margin, grid.margin, f"nearest {f.meta['split']} images by fc7 distance, from {f.path} "
+                f"({len(f)} images)", size=9)
+    for q, query in enumerate(found.queries):
+        top, left = grid.origin(q, 0)
+        canvas.paste(top, left, center(found.pixels[q], crop))
+        canvas.text(top + crop + 2, left, fit(f"query: {Path(query).name}", crop, char=7), weight="bold")
+        truth = found.truth[q]
+        canvas.text(top + crop + 2 + LINE, left, "class unknown" if truth is None else fit(f.names[truth], crop))
+        for n, (d, row) in enumerate(zip(found.distances[q], found.rows[q], strict=True), 1):
+            top, left = grid.origin(q, n)
+            image = f.image(int(row))
+            tile = np.full((crop, crop, 3), GREY, np.uint8) if image is None else center(image, crop)
+            canvas.paste(top, left, tile)
+            same = truth is not None and int(f.labels[row]) == truth
+            canvas.text(top + crop + 2, left, fit(f.names[f.labels[row]], crop), color=CORRECT if same else "k")
+            canvas.text(top + crop + 2 + LINE, left, fit(f"#{n}  distance {d:.4g}", crop), color="0.3")
+    return canvas.save(out)
+
+
+# ---------------------------------------------------------------------------------------- a run's curves
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Loss and top-1/top-5 error against epochs, training and validation, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    left.plot(epochs, [r["train_loss"] for r in rows], "o-", label="training")
+    left.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation (centre crop)")
+    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    right.plot(epochs, [100 * r["train_top1"] for r in rows], "o-", label="training top-1")
+    right.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", label="validation top-1")
+    right.plot(epochs, [100 * r["val_top5"] for r in rows], "o-", label="validation top-5")
+    right.set(xlabel="epoch", ylabel="error (%)", title="Error rates", ylim=(0, 100))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))

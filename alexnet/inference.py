@@ -1,0 +1,75 @@
+"""Checkpoints made ready to run: the one set-up that eval, predict, features, neighbours, a run's final
+evaluation, export and serving share (the network on its device, in eval mode and channels-last memory,
+with the statistics its inputs are normalized with and the precision it computes in)."""
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .data.stats import Recipe
+from .runtime import autocast, choose_device, choose_precision
+
+STATE_TENSORS = ("model", "optimizer", "recipe", "rng", "cuda_rng")  # what `info` leaves out of a checkpoint
+
+
+@dataclass
+class Network:
+    """A trained network ready for inference, and what its checkpoint says about it (`info`: the
+    architecture, crop, classes and class names, the run's configuration and progress, its path)."""
+
+    model: nn.Module
+    recipe: Recipe
+    device: torch.device
+    precision: str
+    info: dict
+
+    @property
+    def crop(self) -> int:
+        """The side of the square patch the network was trained on (224 or 227)."""
+        return self.info["crop"]
+
+    @property
+    def classes(self) -> list[str]:
+        """The class folder names (wnids) its outputs index."""
+        return self.info["classes"]
+
+    @property
+    def names(self) -> list[str]:
+        """Human-readable class names, in the order of the outputs."""
+        return self.info["names"]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of its precision."""
+        return autocast(self.device, self.precision)
+
+
+def ready(model: nn.Module, recipe: Recipe, info: dict, device: torch.device, precision: str) -> Network:
+    """A network on `device`, in eval mode and channels-last memory, computing in `precision`."""
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    return Network(model, recipe.to(device), device, precision, info)
+
+
+def network(state: dict, device: str = "auto", precision: str = "auto") -> Network:
+    """The network of a loaded checkpoint (checkpoint.load), ready to run."""
+    dev = choose_device(device)
+    info = {k: v for k, v in state.items() if k not in STATE_TENSORS}
+    return ready(checkpoint.model_from(state), checkpoint.recipe_from(state), info, dev,
+                 choose_precision(precision, dev))
+
+
+def load_networks(paths: list[str], device: str = "auto", precision: str = "auto") -> list[Network]:
+    """The networks of checkpoint files or run folders; several (an ensemble) must have the same classes."""
+    states = [checkpoint.load(p) for p in paths]
+    for state in states[1:]:
+        if state["classes"] != states[0]["classes"]:
+            raise ValueError(f"{state['path']} has {len(state['classes'])} classes, {states[0]['path']} has "
+                             f"{len(states[0]['classes'])}: an ensemble needs the same classes")
+    return [network(s, device, precision) for s in states]
+
+
+def load_network(path: str, device: str = "auto", precision: str = "auto") -> Network:
+    """The network of one checkpoint file or run folder."""
+    return load_networks([path], device, precision)[0]
