@@ -2,8 +2,11 @@
 
 import hashlib
 import io
+import os
 import pickle
 import re
+import subprocess
+import sys
 import tarfile
 import threading
 from dataclasses import dataclass, field
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet import cli
 from alexnet import download as dl
 from alexnet.data.store import Store
 from alexnet.errors import InputError
@@ -119,14 +123,16 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_complete_download_is_verified_and_unpacked(site, monkeypatch, tmp_path):
+def test_a_complete_download_is_verified_and_unpacked(site, monkeypatch, tmp_path, capsys):
     files = imagenette()
     data = tar_gz([regular(n, d) for n, d in files.items()])
     publish(monkeypatch, site, "imagenette2-160", data)
     dst = tmp_path / "data"
-    assert dl.download("imagenette2-160", dst, progress=False) == dst / "imagenette2-160"
+    cli.main(["download", "imagenette2-160", str(dst), "--no-progress"])
     assert tree(dst) == {"imagenette2-160.tgz": data, **files}
     assert site.ranges == [None]
+    assert capsys.readouterr().out == (f"imagenette2-160 is ready in {dst / 'imagenette2-160'}; "
+                                       f"next: alexnet prepare {dst / 'imagenette2-160'} STORE\n")
 
 
 def test_a_cut_connection_resumes_with_a_range_request(site, monkeypatch, tmp_path):
@@ -305,3 +311,33 @@ def test_the_table_lists_the_published_archives():
         assert archive.url.startswith("https://") and re.fullmatch("[0-9a-f]{64}", archive.sha256)
         assert archive.filename == ("cifar-10-python.tar.gz" if name == "cifar10" else f"{name}.tgz")
     assert dl.ARCHIVES["imagenette2-160"].url == "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz"
+
+
+def alexnet(site: Site, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, dl.BASE_URL_VARIABLE: site.url}
+    return subprocess.run([sys.executable, "-m", "alexnet", "download", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_checksum_mismatch_is_one_line_and_status_2(site, tmp_path):
+    published = dl.ARCHIVES["imagenette2-160"]
+    site.files["/imagenette2-160.tgz"] = bytes(published.size)  # the published size, other bytes
+    dst = tmp_path / "data"
+    users_files(dst)
+    before = tree(dst)
+    result = alexnet(site, "imagenette2-160", str(dst), "--no-progress")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"alexnet download: error: {site.url}/imagenette2-160.tgz does not match its published SHA-256 "
+        f"{published.sha256}: removed {dst / 'imagenette2-160.tgz.part'}, nothing else in {dst} was touched"]
+    assert tree(dst) == before and site.ranges == [None]
+
+
+def test_cli_a_file_of_another_size_is_one_line_and_status_2(site, tmp_path):
+    site.files["/cifar-10-python.tar.gz"] = cifar_archive(cifar_batches(np.random.default_rng(1)))
+    result = alexnet(site, "cifar10", str(tmp_path / "cifar10"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"alexnet download: error: {site.url}/cifar-10-python.tar.gz has {len(site.files['/cifar-10-python.tar.gz'])} "
+        "bytes, not the published 170498071: nothing of it was kept"]
+    assert tree(tmp_path) == {}
