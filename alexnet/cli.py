@@ -26,6 +26,17 @@ def _prepare(args: argparse.Namespace) -> None:
             label_file=args.labels)
 
 
+def _download(args: argparse.Namespace) -> None:
+    from .download import ARCHIVES, download
+
+    folder = download(args.name, args.dst, args.prepare, progress=args.progress)
+    if ARCHIVES[args.name].layout == "cifar":
+        hint = f"alexnet experiment relu-vs-tanh --data {folder}"
+    else:
+        hint = f"alexnet train --data {args.prepare}" if args.prepare else f"alexnet prepare {folder} STORE"
+    print(f"{args.name} is ready in {folder}; next: {hint}")
+
+
 def _train(args: argparse.Namespace) -> None:
     import os
 
@@ -170,6 +181,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="label file of a flat validation folder (default: found in SRC)")
     p.add_argument("--size", type=int, default=256, help="side of the stored square images")
     p.set_defaults(run=_prepare)
+
+    from .download import ARCHIVES, BASE_URL_VARIABLE
+
+    p = commands.add_parser("download", formatter_class=fmt, help="download Imagenette or CIFAR-10, verified",
+                            description="Download a data set from its publisher into DST (an interrupted download "
+                                        "continues), check its published size and SHA-256, and unpack it: "
+                                        "Imagenette into DST/NAME/{train,val}/<wnid>/*.JPEG, CIFAR-10 into "
+                                        f"DST/{{train,test}}/<class>/*.png. {BASE_URL_VARIABLE}=URL takes the same "
+                                        "file names from a mirror.")
+    p.add_argument("name", choices=ARCHIVES, metavar="NAME",
+                   help=", ".join(f"{name} ({a.size / 1e6:,.0f} MB)" for name, a in ARCHIVES.items()))
+    p.add_argument("dst", metavar="DST", help="folder to download and unpack into")
+    p.add_argument("--prepare", metavar="STORE", default=None,
+                   help="then `alexnet prepare` the unpacked Imagenette into the store STORE (default: no store)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(run=_download)
 
     from .options import add_options
     from .runtime import PRECISIONS
