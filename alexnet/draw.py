@@ -81,6 +81,14 @@ class Canvas:
         return path
 
 
+def shown(path: str | Path) -> str:
+    """A path as a caption shows it: relative to the current folder when it lies inside, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def fit(text: str, width: int, char: int = 6) -> str:
     """Shorten `text` to what fits in `width` pixels of caption (about `char` pixels a character)."""
     most = max(4, width // char)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .draw import FONT, LINE, Canvas, Grid, center, fit
+from .draw import FONT, LINE, Canvas, Grid, center, fit, shown
 from .evaluate import Predictions
 from .files import atomic_write
 from .inference import load_network
@@ -87,7 +87,7 @@ def plot_predictions(pred: Predictions, out: str | Path, columns: int = 4) -> Pa
     grid = predictions_grid(len(pred.images), pred.crop, columns)
     canvas = Canvas(*grid.size)
     patches = "ten patches" if pred.crops == 10 else "the centre patch"
-    canvas.text(grid.margin, grid.margin, f"top-5 predictions ({patches}) of {pred.checkpoint}", size=9)
+    canvas.text(grid.margin, grid.margin, f"top-5 predictions ({patches}) of {shown(pred.checkpoint)}", size=9)
     values, indices = pred.probs.topk(min(5, pred.probs.shape[1]), dim=1)
     for n, (image, truth) in enumerate(zip(pred.images, pred.truth(), strict=True)):
         top, left = grid.origin(n // grid.columns, n % grid.columns)
@@ -127,7 +127,7 @@ def plot_neighbours(found: Neighbours, out: str | Path) -> Path:
     crop = f.meta["crop"]
     grid = neighbours_grid(len(found.queries), found.rows.shape[1], crop)
     canvas = Canvas(*grid.size)
-    canvas.text(grid.margin, grid.margin, f"nearest {f.meta['split']} images by fc7 distance, from {f.path} "
+    canvas.text(grid.margin, grid.margin, f"nearest {f.meta['split']} images by fc7 distance, from {shown(f.path)} "
                 f"({len(f)} images)", size=9)
     for q, query in enumerate(found.queries):
         top, left = grid.origin(q, 0)
