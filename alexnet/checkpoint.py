@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .data.stats import Recipe
+from .errors import InputError
 from .files import atomic_write
 from .model import build_model
 
@@ -24,14 +25,14 @@ def load(path: str | Path) -> dict:
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise InputError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, a pickle with arbitrary objects
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+        raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an alexnet checkpoint")
+        raise InputError(f"{path} is not an alexnet checkpoint")
     state["path"] = str(path)
     return state
 
@@ -42,7 +43,7 @@ def model_from(state: dict) -> nn.Module:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise ValueError(f"{state['path']}: its weights do not fit a {state['arch']!r} network with "
+        raise InputError(f"{state['path']}: its weights do not fit a {state['arch']!r} network with "
                          f"{len(state['classes'])} classes ({str(err).splitlines()[1].strip()[:120]})") from None
     return model.eval()
 

@@ -1,9 +1,15 @@
 """The `alexnet` command: argument parsing only; each subcommand calls one function of the library."""
 
 import argparse
+import errno
+import os
 import sys
 
 from .model import ARCHS
+
+TRACEBACK = "ALEXNET_TRACEBACK"  # set to show the traceback of a bad-input error
+# what the system says of a path the user gave that it cannot write: not a bug, one line
+REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -38,8 +44,6 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    import os
-
     from .options import from_args
     from .runtime import tune_process
     from .train import TrainConfig, final_evaluation, train
@@ -155,17 +159,20 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     from .lrn import MODES
+    from .options import COUNT, SIZE, Parser, checked
 
+    count, size = checked(int, COUNT), checked(int, SIZE)  # a whole number of at least 1, of at least 0
     fmt = _Help
-    parser = argparse.ArgumentParser(
-        prog="alexnet", formatter_class=fmt,
-        description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
+    parser = Parser(prog="alexnet", formatter_class=fmt,
+                    description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
+    parser.add_argument("--traceback", action="store_true",
+                        help=f"show the traceback of a bad-input error too (or set {TRACEBACK}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("summary", formatter_class=fmt, help="print the layer table",
                             description="Each layer's output shape, parameters and multiply-adds, with totals.")
     p.add_argument("--arch", choices=ARCHS, default="paper", help="network variant")
-    p.add_argument("--classes", type=int, default=1000, help="number of classes")
+    p.add_argument("--classes", type=count, default=1000, help="number of classes")
     p.add_argument("--image-size", type=int, default=227, help="input height and width")
     p.add_argument("--lrn", choices=MODES, default=None, help="LRN formula (default: the architecture's own)")
     p.set_defaults(run=_summary)
@@ -176,10 +183,10 @@ def _parser() -> argparse.ArgumentParser:
                                         "PCA. An interrupted run finishes when started again.")
     p.add_argument("src", help="image folder: ROOT/train/<class>/*, ROOT/val/..., or ROOT/<class>/*")
     p.add_argument("dst", help="store folder to write")
-    p.add_argument("--shard-size", type=int, default=4096, help="images per shard file")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per core)")
+    p.add_argument("--shard-size", type=count, default=4096, help="images per shard file")
+    p.add_argument("--workers", type=count, default=None, help="decoding processes (default: one per core)")
     p.add_argument("--labels", default=None, help="label file of a flat validation folder (default: found in SRC)")
-    p.add_argument("--size", type=int, default=256, help="side of the stored square images")
+    p.add_argument("--size", type=count, default=256, help="side of the stored square images")
     p.set_defaults(run=_prepare)
 
     from .download import ARCHIVES, BASE_URL_VARIABLE
@@ -198,14 +205,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(run=_download)
 
-    from .options import add_options
+    from .options import add_options, resume_rules
     from .runtime import PRECISIONS
     from .train import TrainConfig
 
     p = commands.add_parser("train", formatter_class=fmt, help="train with the paper's recipe (the main job)",
                             description="Train AlexNet with the paper's recipe (§5): SGD with momentum 0.9 and "
                                         "weight decay 5e-4, batch 128, learning rate 0.01 divided by 10 when the "
-                                        "validation error stops improving. With no --data, on the built-in photos.")
+                                        "validation error stops improving. With no --data, on the built-in photos.",
+                            epilog=resume_rules(TrainConfig))
     add_options(p, TrainConfig)
     p.set_defaults(run=_train)
 
@@ -216,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="a store or an image folder (default: the built-in photos)")
     p.add_argument("--split", default="val", help="split to evaluate")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: centre crop; 10: ten patches")
-    p.add_argument("--batch-size", type=int, default=128, help="images per batch")
+    p.add_argument("--batch-size", type=count, default=128, help="images per batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -233,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw Figure 4 (left): each centre crop with its top-5 bars, the true class (from "
                         "the image's folder or file name) in red")
-    p.add_argument("--plot-columns", type=int, default=4, help="images per row of the plot")
+    p.add_argument("--plot-columns", type=count, default=4, help="images per row of the plot")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("filters", formatter_class=fmt, help="draw conv1's kernels (Figure 3)",
@@ -241,9 +249,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "tower, each kernel min-max scaled on its own.")
     p.add_argument("checkpoint", help="a checkpoint file or run folder")
     p.add_argument("--out", default="conv1.png", help="PNG file to write")
-    p.add_argument("--columns", type=int, default=16, help="kernels per row")
-    p.add_argument("--zoom", type=int, default=4, help="pixels per weight, each way")
-    p.add_argument("--gap", type=int, default=2, help="pixels between kernels")
+    p.add_argument("--columns", type=count, default=16, help="kernels per row")
+    p.add_argument("--zoom", type=count, default=4, help="pixels per weight, each way")
+    p.add_argument("--gap", type=size, default=2, help="pixels between kernels")
     p.set_defaults(run=_filters)
 
     p = commands.add_parser("features", formatter_class=fmt, help="fc7 features of every image of a split",
@@ -254,10 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="a store or an image folder (default: the built-in photos)")
     p.add_argument("--split", default="train", help="split to describe")
     p.add_argument("--out", required=True, help="features folder to write (features.npy, labels.npy, files.txt)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (a resumed run keeps its own)")
+    p.add_argument("--batch-size", type=count, default=64, help="images per batch (a resumed run keeps its own)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes when reading JPEG folders")
+    p.add_argument("--workers", type=size, default=2, help="decoding processes when reading JPEG folders")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(run=_features)
 
@@ -268,10 +276,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="the checkpoint the features were made with")
     p.add_argument("queries", nargs="+", help="query image files")
     p.add_argument("--features", required=True, help="a folder made by `alexnet features`")
-    p.add_argument("--k", type=int, default=6, help="neighbours per query")
+    p.add_argument("--k", type=count, default=6, help="neighbours per query")
     p.add_argument("--out", default=None, help="PNG file to draw the grid to (default: no picture)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--chunk", type=int, default=16384, help="stored features per matrix product (16 KiB each)")
+    p.add_argument("--chunk", type=count, default=16384, help="stored features per matrix product (16 KiB each)")
     p.add_argument("--device", default="auto", help="device for the queries' features: auto, cpu, cuda, ...")
     p.set_defaults(run=_neighbors)
     from .experiments import EXPERIMENTS, ExperimentConfig
@@ -290,13 +298,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and run the subcommand; bad input ends in one line on stderr and exit 2."""
+    """Parse the command line and run the subcommand. Bad input (InputError, or a file the system refuses to
+    write) ends in one line on stderr and exit status 2; anything else is a bug and keeps its traceback."""
+    from .errors import InputError
     from .train import DivergedError
 
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as err:
+    except (InputError, OSError) as err:
+        if (isinstance(err, OSError) and err.errno not in REFUSED) or args.traceback or os.environ.get(TRACEBACK):
+            raise
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except DivergedError as err:

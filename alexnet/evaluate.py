@@ -12,6 +12,7 @@ from .data.augment import center_crop, ten_crop
 from .data.folders import known_class, preprocess
 from .data.loader import Loader
 from .data.sources import data_root, open_split
+from .errors import InputError
 from .inference import Network, load_networks
 
 
@@ -34,7 +35,7 @@ def probabilities(networks: list[Network], images: torch.Tensor, crops: int = 1)
     """Class probabilities of a batch of uint8 (B, 256, 256, 3) images: the softmax averaged over the
     patches (§4.1: the ten patches at test time) and over the networks (Table 2: an ensemble)."""
     if crops not in (1, 10):
-        raise ValueError(f"crops must be 1 or 10, got {crops}")
+        raise InputError(f"crops must be 1 or 10, got {crops}")
     total = None
     for net in networks:
         x = images.to(net.device, non_blocking=True)
@@ -75,7 +76,7 @@ def evaluate(networks: list[Network], batches: Iterable, crops: int = 1,
         sums = reduce(sums)
     w1, w5, n, nll = sums.tolist()
     if n == 0:
-        raise ValueError("no images to evaluate")
+        raise InputError("no images to evaluate")
     loss = nll / n if len(networks) == 1 and crops == 1 else float("nan")
     return Errors(w1 / n, w5 / n, int(n), loss)
 
@@ -97,7 +98,7 @@ def evaluate_checkpoints(paths: list[str], data: str | None, split: str = "val",
     source = open_split(data_root(data), split)
     first = networks[0]
     if source.classes != first.classes:
-        raise ValueError(f"{first.info['path']} has {len(first.classes)} classes; the data has "
+        raise InputError(f"{first.info['path']} has {len(first.classes)} classes; the data has "
                          f"{len(source.classes)}" + (" (other ones)" if len(source.classes) == len(
                              first.classes) else ""))
     loader = Loader(source, batch_size, shuffle=False, pin_memory=first.device.type == "cuda")

@@ -41,10 +41,12 @@ from torch import nn
 from .data.folders import BadFiles, BadImageError, ImageList, list_images, open_rgb
 from .data.loader import epoch_order
 from .data.stats import PixelStats
+from .errors import InputError
 from .files import atomic_write, cache_dir, write_json, write_text
 from .lrn import LRN
 from .optim import PaperSGD
-from .options import option
+from .options import COUNT, SIZE, check, option
+from .words import count
 
 TARGET_ERROR = 0.25  # Figure 1: the epochs each network needs to reach 25% training error
 SIDE = 32  # CIFAR-10 images are 32×32
@@ -61,7 +63,7 @@ class FourLayerNet(nn.Module):
                  classes: int = 10):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+            raise InputError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
         act = ACTIVATIONS[activation]
         size, stride = pool
         # ceil_mode rounds the pooled size up as cuda-convnet does: 32 → 16 → 8 → 4 for both 3/2 and 2/2, so
@@ -83,7 +85,7 @@ class FourLayerNet(nn.Module):
 def init_weights(net: nn.Module, scheme: str) -> None:
     """Biases 0; weights N(0, 0.01) ("paper", §5) or N(0, 1/fan-in) ("lecun", LeCun et al. 1998)."""
     if scheme not in INITS:
-        raise ValueError(f"unknown initialization {scheme!r}; expected one of {', '.join(INITS)}")
+        raise InputError(f"unknown initialization {scheme!r}; expected one of {', '.join(INITS)}")
     for layer in net.modules():
         if isinstance(layer, nn.Conv2d | nn.Linear):
             std = 0.01 if scheme == "paper" else 1 / math.sqrt(layer.weight[0].numel())
@@ -194,14 +196,17 @@ class ExperimentConfig:
     data: str = option(None, "CIFAR-10 folder: DATA/train/<class>/*, DATA/test/<class>/* (or DATA/val/<class>/*); "
                              "required", required=True)
     out: str | None = option(None, "folder for the figure, curves and results")  # None: runs/experiments/NAME
-    epochs: int | None = option(None, "epochs per network")  # None: the experiment's own
-    batch_size: int = option(128, "images per mini-batch")
-    seed: int = option(0, "seed of the initial weights, batch order and flips")
+    epochs: int | None = option(None, "epochs per network", accepts=COUNT)  # None: the experiment's own
+    batch_size: int = option(128, "images per mini-batch", accepts=COUNT)
+    seed: int = option(0, "seed of the initial weights, batch order and flips", accepts=SIZE)
     cache: str = option(DEFAULT_CACHE, "folder for the decoded images (.npz)")
-    threads: int | None = option("auto", f"CPU threads; auto: {CORES} (one per core) or 1, whichever trains faster, "
-                                         "chosen again each epoch (on a busy machine 1 can be much faster)",
-                                 parse=_threads)
+    threads: int | None = option(None, f"CPU threads, or auto: {CORES} (one per core) or 1, whichever trains "
+                                       "faster, chosen again each epoch (on a busy machine 1 can be much faster) "
+                                       "(default: auto)", parse=_threads, accepts=COUNT)
     progress: bool = option(True, "no progress bars")
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass
@@ -246,9 +251,9 @@ def load_cifar(data: str | Path, cache: str | Path | None = DEFAULT_CACHE,
     """The train and test (or val) splits of `data` as uint8 arrays, decoded once and cached in `cache`."""
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
+        raise InputError(f"data folder not found: {root}")
     if not (root / "train").is_dir():
-        raise FileNotFoundError(f"no train split: {root / 'train'} is missing")
+        raise InputError(f"no train split: {root / 'train'} is missing")
     train = list_images(root, "train")
     test = _test_list(root, train)
     listing = [str(root.resolve()), train.classes]
@@ -279,12 +284,12 @@ def _test_list(root: Path, train: ImageList) -> ImageList:
         test = list_images(root / "test")
         unknown = sorted(set(test.classes) - set(train.classes))
         if unknown:
-            raise ValueError(f"test class folder {root / 'test' / unknown[0]} has no train class of that name")
+            raise InputError(f"test class folder {root / 'test' / unknown[0]} has no train class of that name")
         index = np.array([train.classes.index(c) for c in test.classes])
         return ImageList(test.root, test.paths, index[test.labels], train.classes, train.names, test.skipped)
     if (root / "val").is_dir():
         return list_images(root, "val")
-    raise FileNotFoundError(f"no test split: {root} has neither test/ nor val/ class folders")
+    raise InputError(f"no test split: {root} has neither test/ nor val/ class folders")
 
 
 def _decode(images: ImageList, name: str, progress: bool) -> Split:
@@ -300,12 +305,12 @@ def _decode(images: ImageList, name: str, progress: bool) -> Split:
             bad.add(path, err.reason)
             continue
         if image.size != (SIDE, SIDE):
-            raise ValueError(f"{path} is {image.width}×{image.height}: the experiments take 32×32 images (CIFAR-10)")
+            raise InputError(f"{path} is {image.width}×{image.height}: the experiments take 32×32 images (CIFAR-10)")
         out[i], kept[i] = np.asarray(image), True
     if bad:
         print(f"{name}: {bad.summary()}")
     if not kept.any():
-        raise ValueError(f"no readable images in {images.root}")
+        raise InputError(f"no readable images in {images.root}")
     return Split(out[kept], images.labels[kept])
 
 
@@ -415,7 +420,7 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
         curve.threads.append(torch.get_num_threads())
         print(f"{variant.label}, epoch {epoch + 1}/{epochs}: training error {curve.train_error[-1]:.4f}, "
               f"test error {curve.test_error[-1]:.4f}, {n / seconds:.0f} images/s, "
-              f"{_count(curve.threads[-1], 'thread')}", flush=True)
+              f"{count(curve.threads[-1], 'thread')}", flush=True)
     return curve
 
 
@@ -433,20 +438,16 @@ def error_rate(net: nn.Module, split: Split, inputs: _Inputs, batch_size: int = 
 def run_experiment(config: ExperimentConfig) -> dict:
     """Run one experiment end to end: data, both variants, curves, figure, results (see the module's doc)."""
     if config.experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {config.experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
+        raise InputError(f"unknown experiment {config.experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
     setup = EXPERIMENTS[config.experiment]
     epochs = setup.epochs if config.epochs is None else config.epochs
-    if epochs < 1 or config.batch_size < 1:
-        raise ValueError(f"epochs and batch size must be positive, got {epochs} and {config.batch_size}")
-    if config.threads is not None and config.threads < 1:
-        raise ValueError(f"the number of threads must be positive, got {config.threads}")
     train, test, classes = load_cifar(config.data, config.cache, config.progress)
     out = Path(config.out or f"runs/experiments/{config.experiment}").expanduser()
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**asdict(config), "epochs": epochs})
     print(f"{config.experiment}: {len(train.labels)} training and {len(test.labels)} test images, "
-          f"{_count(epochs, 'epoch')}, batch {config.batch_size}, "
-          + (f"{_count(config.threads, 'thread')}" if config.threads is not None
+          f"{count(epochs, 'epoch')}, batch {config.batch_size}, "
+          + (f"{count(config.threads, 'thread')}" if config.threads is not None
              else f"{CORES} threads or 1, whichever is faster"))
     inputs = _Inputs(train, setup.pixels)
     threads = torch.get_num_threads()
@@ -464,10 +465,6 @@ def run_experiment(config: ExperimentConfig) -> dict:
     print(report(config.experiment, results))
     print(f"wrote {out / 'curves.csv'}, {out / 'results.json'} and {out / (config.experiment + '.png')}")
     return results
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def write_curves(path: Path, curves: list[Curve]) -> None:
@@ -516,7 +513,7 @@ def report(experiment: str, results: dict) -> str:
             rows.append(f"epochs to 25% training error: {relu} {a:.1f}, {tanh} not within {epochs}: "
                         f"{relu} more than {epochs / a:.1f} times as fast")
         else:
-            rows.append(f"{relu} did not reach 25% training error within {_count(epochs, 'epoch')}"
+            rows.append(f"{relu} did not reach 25% training error within {count(epochs, 'epoch')}"
                         + (f" ({tanh}: {b:.1f})" if b is not None else ", nor did " + tanh))
     rows.append(f"paper: {results['paper']}")
     return "\n".join(rows)

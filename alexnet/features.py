@@ -33,6 +33,7 @@ from .data.folders import BadImageError, preprocess
 from .data.loader import Loader
 from .data.sources import data_root, is_store, open_split
 from .data.store import Store
+from .errors import InputError
 from .files import atomic_write, read_json, write_json
 from .inference import load_network
 
@@ -62,13 +63,13 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
 
     out = Path(out)
     if batch_size < 1:
-        raise ValueError(f"the batch size must be positive, got {batch_size}")
+        raise InputError(f"the batch size must be positive, got {batch_size}")
     net = load_network(path, device, precision)
     root = data_root(data)
     source = open_split(root, split)
     files = [os.path.abspath(f) for f in source.files]
     if not files:
-        raise ValueError(f"the {split} split of {root} has no images")
+        raise InputError(f"the {split} split of {root} has no images")
     meta = {"format": FEATURES_FORMAT, "checkpoint": os.path.abspath(net.info["path"]),
             "weights": weights_digest(net.model), "arch": net.info["arch"], "crop": net.crop,
             "precision": net.precision, "data": os.path.abspath(root), "split": split,
@@ -96,7 +97,7 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     else:
         features = np.load(out / "features.npy", mmap_mode="r+")
         if features.shape != (len(files), FEATURE_DIM):
-            raise ValueError(f"{out}/features.npy has shape {features.shape}, expected {(len(files), FEATURE_DIM)}")
+            raise InputError(f"{out}/features.npy has shape {features.shape}, expected {(len(files), FEATURE_DIM)}")
 
     loader = Loader(source, batch_size, shuffle=False, workers=workers)
     rows, bad = done["rows"], list(done["bad"])
@@ -129,16 +130,16 @@ def _check_folder(out: Path, meta: dict) -> bool | None:
     if not out.exists():
         return False
     if not out.is_dir():
-        raise ValueError(f"{out} is not a folder")
+        raise InputError(f"{out} is not a folder")
     if not (out / "meta.json").is_file():
         if any(out.iterdir()):
-            raise ValueError(f"{out} is not empty and is not a features folder; choose another --out")
+            raise InputError(f"{out} is not empty and is not a features folder; choose another --out")
         return False
     old = read_json(out / "meta.json")
     for key in IDENTITY:
         if old.get(key) != meta[key]:
             show = (lambda v: str(v)[:12]) if key in ("weights", "files") else (lambda v: repr(v)[:60])
-            raise ValueError(f"{out} holds other features ({key} {show(old.get(key))} there, {show(meta[key])} "
+            raise InputError(f"{out} holds other features ({key} {show(old.get(key))} there, {show(meta[key])} "
                              f"now); choose another --out or delete it")
     if (out / "done.json").is_file():
         print(f"{out} is complete already")
@@ -152,19 +153,19 @@ class Features:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not (self.path / "meta.json").is_file():
-            raise ValueError(f"{self.path} is not a features folder made by `alexnet features`")
+            raise InputError(f"{self.path} is not a features folder made by `alexnet features`")
         if not (self.path / "done.json").is_file():
-            raise ValueError(f"{self.path} is unfinished: run `alexnet features` again to complete it")
+            raise InputError(f"{self.path} is unfinished: run `alexnet features` again to complete it")
         self.meta = read_json(self.path / "meta.json")
         if self.meta.get("format") != FEATURES_FORMAT:
-            raise ValueError(f"{self.path} has features of an unknown format {self.meta.get('format')!r}")
+            raise InputError(f"{self.path} has features of an unknown format {self.meta.get('format')!r}")
         self.bad = read_json(self.path / "done.json")["bad"]
         self.features = np.load(self.path / "features.npy", mmap_mode="r")
         self.labels = np.load(self.path / "labels.npy")
         self.files = (self.path / "files.txt").read_text().splitlines()
         self.names: list[str] = self.meta["names"]
         if not (len(self.features) == len(self.labels) == len(self.files) == self.meta["count"]):
-            raise ValueError(f"{self.path}: features, labels and files disagree in length")
+            raise InputError(f"{self.path}: features, labels and files disagree in length")
 
     def __len__(self) -> int:
         return len(self.files)

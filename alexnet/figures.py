@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .draw import FONT, LINE, Canvas, Grid, center, fit, shown
+from .errors import InputError
 from .evaluate import Predictions
 from .files import atomic_write
 from .inference import load_network
@@ -36,7 +37,7 @@ def filter_grids(towers: list[int], columns: int = 16, zoom: int = 4, gap: int =
     Returns the picture's (height, width) and, per tower, the block's top row and its grid (whose margin
     is 0: its tiles lie at grid.origin() + (top, margin))."""
     if columns < 1 or zoom < 1 or gap < 0:
-        raise ValueError(f"columns and zoom must be positive and gap not negative, got {columns}, {zoom}, {gap}")
+        raise InputError(f"columns and zoom must be positive and gap not negative, got {columns}, {zoom}, {gap}")
     blocks, top = [], margin
     for count in towers:
         grid = Grid(-(-count // columns), min(columns, count), (11 * zoom, 11 * zoom), gap, header=label, margin=0)
@@ -76,7 +77,7 @@ BARS = 5 * 18 + 6
 def predictions_grid(count: int, crop: int, columns: int = 4) -> Grid:
     """The layout of Figure 4 (left): each image's centre crop, its caption, then its top-5 bars below."""
     if columns < 1:
-        raise ValueError(f"columns must be positive, got {columns}")
+        raise InputError(f"columns must be positive, got {columns}")
     columns = min(columns, count)
     return Grid(-(-count // columns), columns, (crop, crop), gap=12, below=CAPTION + BARS, header=2 * LINE)
 

@@ -3,6 +3,8 @@ evaluation, export and serving share (the network on its device, in eval mode an
 with the statistics its inputs are normalized with and the precision it computes in)."""
 
 import contextlib
+import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 from . import checkpoint
 from .data.stats import Recipe
+from .errors import InputError
 from .runtime import autocast, choose_device, choose_precision
 
 STATE_TENSORS = ("model", "optimizer", "recipe", "rng", "cuda_rng")  # what `info` leaves out of a checkpoint
@@ -53,11 +56,25 @@ def ready(model: nn.Module, recipe: Recipe, info: dict, device: torch.device, pr
 
 
 def network(state: dict, device: str = "auto", precision: str = "auto") -> Network:
-    """The network of a loaded checkpoint (checkpoint.load), ready to run."""
+    """The network of a loaded checkpoint (checkpoint.load), ready to run; "auto" precision on a CPU is the
+    faster for inference with this network on this machine (runtime.choose_precision)."""
     dev = choose_device(device)
     info = {k: v for k, v in state.items() if k not in STATE_TENSORS}
-    return ready(checkpoint.model_from(state), checkpoint.recipe_from(state), info, dev,
-                 choose_precision(precision, dev))
+    net = ready(checkpoint.model_from(state), checkpoint.recipe_from(state), info, dev, "fp32")
+    net.precision = choose_precision(precision, dev, functools.partial(_seconds, net),
+                                     f"{info['arch']} inference").name
+    return net
+
+
+def _seconds(net: Network, precision: str, batch: int = 64) -> float:
+    """Seconds of a forward pass of a batch of random images in `precision`."""
+    x = torch.randn(batch, 3, net.crop, net.crop, generator=torch.Generator().manual_seed(0)).to(net.device)
+    start = time.perf_counter()
+    with torch.no_grad(), autocast(net.device, precision):
+        net.model(x.contiguous(memory_format=torch.channels_last))
+    if net.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def load_networks(paths: list[str], device: str = "auto", precision: str = "auto") -> list[Network]:
@@ -65,7 +82,7 @@ def load_networks(paths: list[str], device: str = "auto", precision: str = "auto
     states = [checkpoint.load(p) for p in paths]
     for state in states[1:]:
         if state["classes"] != states[0]["classes"]:
-            raise ValueError(f"{state['path']} has {len(state['classes'])} classes, {states[0]['path']} has "
+            raise InputError(f"{state['path']} has {len(state['classes'])} classes, {states[0]['path']} has "
                              f"{len(states[0]['classes'])}: an ensemble needs the same classes")
     return [network(s, device, precision) for s in states]
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
 from .kernels import cpu_kernels
 
 SIZE, ALPHA, BETA = 5, 1e-4, 0.75
@@ -86,7 +87,7 @@ class LRN(nn.Module):
     def __init__(self, mode: str = "paper", towers: int = 1, relu: bool = False):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"unknown LRN formula {mode!r}; expected one of {', '.join(MODES)}")
+            raise InputError(f"unknown LRN formula {mode!r}; expected one of {', '.join(MODES)}")
         self.mode, self.towers, self.relu = mode, towers, relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

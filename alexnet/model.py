@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
 from .lrn import LRN
 
 ARCHS = ("paper", "paper-1tower", "owt", "caffenet")
 INITS = ("paper", "caffe", "torchvision")
+PAPER_CLASSES = 1000  # from this many classes on, §5's initialization trains at §5's learning rate (ImageNet)
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
@@ -77,7 +79,7 @@ class AlexNet(nn.Module):
 def _paper_input(x: torch.Tensor) -> torch.Tensor:
     """Check the input; pad 224×224 right and bottom by 3, as cuda-convnet's rounding does (SPEC §1.1)."""
     if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) not in ((224, 224), (227, 227)):
-        raise ValueError(f"AlexNet expects images of shape (N, 3, 227, 227) or (N, 3, 224, 224), "
+        raise InputError(f"AlexNet expects images of shape (N, 3, 227, 227) or (N, 3, 224, 224), "
                          f"got {tuple(x.shape)}")
     return F.pad(x, (0, 3, 0, 3)) if x.shape[2] == 224 else x
 
@@ -107,7 +109,7 @@ class OWTAlexNet(nn.Module):
     def forward_fc7(self, x: torch.Tensor) -> torch.Tensor:
         """The 4096-d fc7 activations after ReLU."""
         if x.dim() != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 63:
-            raise ValueError(f"AlexNet (owt) expects images of shape (N, 3, H, W) with H, W >= 63, "
+            raise InputError(f"AlexNet (owt) expects images of shape (N, 3, H, W) with H, W >= 63, "
                              f"got {tuple(x.shape)}")
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.classifier[:6](x)
@@ -133,7 +135,7 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
     0.005. "torchvision" keeps PyTorch's default initialization.
     """
     if scheme not in INITS:
-        raise ValueError(f"unknown initialization {scheme!r}; expected one of {', '.join(INITS)}")
+        raise InputError(f"unknown initialization {scheme!r}; expected one of {', '.join(INITS)}")
     if scheme == "torchvision":
         return
     one = 1.0 if scheme == "paper" else 0.1
@@ -143,20 +145,40 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
         nn.init.constant_(layer.bias, one if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
 
 
+def default_init(arch: str, classes: int) -> tuple[str, str]:
+    """The initialization an architecture gets when none is named, and why.
+
+    §5's (weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7) makes fc7's 4096 outputs start
+    near 1, so that a step of fc8 moves every logit by about lr·4096 times its gradient. On ImageNet's
+    1000 classes that gradient averages out; on a few classes it does not. Measured at §5's learning rate
+    on 2, 3 and 4 classes of Imagenette: the loss rises 2-45 nats above ln(classes) within ten steps,
+    comes back to ln(classes) and stays there while fc7's units stop firing (DeadGuard); a warm-up of one
+    epoch delays the rise but does not prevent it (2, 3 and 10 classes). PyTorch's default initialization
+    learned on 2, 3 and 10 classes, its fc7 units firing throughout (docs/reproduction.md).
+    """
+    if arch == "owt":
+        return "torchvision", "torchvision's own"
+    if arch == "caffenet":
+        return "caffe", "Caffe's own"
+    if classes >= PAPER_CLASSES:
+        return "paper", "§5's"
+    return "torchvision", "PyTorch's default: §5's dies on few classes at §5's learning rate; --init paper for it"
+
+
 def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = None, init: str | None = None,
                 dropout: float = 0.5) -> nn.Module:
-    """One of ARCHS, initialized by `init` (default: "paper", "caffe" for caffenet, "torchvision" for owt)."""
+    """One of ARCHS, initialized by `init` (default: see default_init)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+        raise InputError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     if num_classes < 1:
-        raise ValueError(f"the number of classes must be positive, got {num_classes}")
+        raise InputError(f"the number of classes must be positive, got {num_classes}")
     if arch == "owt":
         if lrn not in (None, "none"):
-            raise ValueError("the owt architecture has no LRN layers")
+            raise InputError("the owt architecture has no LRN layers")
         model = OWTAlexNet(num_classes, dropout)
     elif arch == "caffenet":
         model = AlexNet(num_classes, 2, lrn or "caffe", lrn_towers=1, pool_before_lrn=True, dropout=dropout)
     else:
         model = AlexNet(num_classes, 2 if arch == "paper" else 1, lrn or "paper", dropout=dropout)
-    init_weights(model, init or {"owt": "torchvision", "caffenet": "caffe"}.get(arch, "paper"))
+    init_weights(model, init or default_init(arch, num_classes)[0])
     return model

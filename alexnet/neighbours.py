@@ -14,6 +14,7 @@ import torch
 
 from .data.augment import center_crop
 from .data.folders import known_class, preprocess
+from .errors import InputError
 from .features import Features, weights_digest
 from .inference import load_network
 
@@ -43,7 +44,7 @@ def _blocks(features: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]
             while len(view):
                 got = os.preadv(file.fileno(), [view], offset)
                 if got <= 0:
-                    raise OSError(f"{path} ended early: is it being rewritten?")
+                    raise InputError(f"{path} ended early: is it being rewritten?")
                 view, offset = view[got:], offset + got
             return out
 
@@ -68,13 +69,13 @@ def nearest(features: np.ndarray, queries: torch.Tensor, k: int, chunk: int = CH
     Memory: two blocks (chunk × D × 4 bytes each) and Q × chunk distances, whatever N is.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     if chunk < 1:
-        raise ValueError(f"the chunk size must be at least 1 row, got {chunk}")
+        raise InputError(f"the chunk size must be at least 1 row, got {chunk}")
     n, dim = features.shape
     queries = queries.detach().float().cpu()
     if queries.dim() != 2 or queries.shape[1] != dim:
-        raise ValueError(f"queries of shape {tuple(queries.shape)} do not match features of dimension {dim}")
+        raise InputError(f"queries of shape {tuple(queries.shape)} do not match features of dimension {dim}")
     count = len(queries)
     skip_rows = np.unique(np.asarray(skip or [], np.int64))
     exclude_rows = torch.as_tensor(exclude if exclude is not None else [-1] * count, dtype=torch.int64)
@@ -146,7 +147,7 @@ def find_neighbours(path: str, queries: list[str], features: str | Path, k: int 
     store = Features(features)
     net = load_network(path, device, store.meta["precision"])  # the precision the features were made in
     if weights_digest(net.model) != store.meta["weights"]:
-        raise ValueError(f"{store.path} holds the features of another network ({store.meta['checkpoint']}), "
+        raise InputError(f"{store.path} holds the features of another network ({store.meta['checkpoint']}), "
                          f"not of {net.info['path']}")
     pixels = np.stack([preprocess(q) for q in queries])
     with torch.no_grad(), net.autocast():

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
+
 SCHEDULES = ("plateau", "step", "cosine")
 
 
@@ -41,7 +43,7 @@ def build_optimizer(name: str, params, lr: float, momentum: float, weight_decay:
         return PaperSGD(params, lr, momentum, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; expected paper or sgd")
+    raise InputError(f"unknown optimizer {name!r}; expected paper or sgd")
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Schedule:
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}")
+            raise InputError(f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}")
 
     @classmethod
     def of(cls, cfg, steps_per_epoch: int) -> "Schedule":

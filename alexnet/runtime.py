@@ -1,13 +1,22 @@
 """Process-wide settings that make PyTorch fast (for the command line to make; library functions leave
 them alone), and the choice of device and precision."""
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
+import platform
+import statistics
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from .errors import InputError
+from .files import cache_dir, read_json, write_json
 
 
 @functools.cache
@@ -37,7 +46,7 @@ def choose_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available")
+        raise InputError(f"--device {name}: no CUDA GPU is available")
     return device
 
 
@@ -52,19 +61,61 @@ def tune_process(device: str = "auto") -> None:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["LOCAL_WORLD_SIZE"])))
 
 
-def choose_precision(name: str, device: torch.device) -> str:
-    """Resolve "auto": bf16 on a GPU that has it and on CPUs with AMX; float32 elsewhere, where
-    bf16 arithmetic is slower than float32 (as on AVX-512 CPUs without AMX, measured in the README)."""
+@dataclass(frozen=True)
+class Precision:
+    """The precision a command computes in, and why."""
+
+    name: str  # fp32, bf16 or fp16
+    reason: str
+
+
+def choose_precision(name: str, device: torch.device, probe: Callable[[str], float] | None = None,
+                     workload: str = "") -> Precision:
+    """Resolve "auto": on a GPU bf16 where it has it (else fp16); on a CPU the faster of fp32 and bf16 autocast
+    for `workload`, timed by `probe` (seconds of one step in a precision) the first time and cached per CPU
+    model and torch version, since which is faster depends on the CPU in ways its flags do not tell (bf16 is
+    slower than fp32 on AVX-512 CPUs without AMX and far slower without AVX-512, faster on some with
+    AVX512_BF16). Without a probe: fp32."""
     if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
     if name == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        raise InputError("fp16 needs a GPU; use bf16 or fp32 on the CPU")
     if name != "auto":
-        return name
+        return Precision(name, "as asked")
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    amx = getattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if amx else "fp32"
+        return Precision("bf16", "the GPU has bf16") if torch.cuda.is_bf16_supported() else Precision(
+            "fp16", "the GPU has no bf16")
+    if probe is None:
+        return Precision("fp32", "not measured")
+    times = _probed(workload, probe)
+    ratio = times["fp32"] / times["bf16"]
+    return Precision("bf16" if ratio > 1 else "fp32", f"bf16 autocast {ratio:.2f}× as fast as fp32 on this CPU")
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo says it (or the platform module, elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _probed(workload: str, probe: Callable[[str], float]) -> dict[str, float]:
+    """The seconds of one step of `workload` in fp32 and in bf16 on this machine: measured once (a warm-up and
+    two timed steps each, in turns), then read from the cache folder's precision.json."""
+    key = f"{cpu_model()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | {workload}"
+    path = cache_dir() / "precision.json"
+    known = read_json(path) if path.is_file() else {}
+    if key not in known:
+        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for _ in range(3):
+            for precision in times:
+                times[precision].append(probe(precision))
+        known[key] = {precision: statistics.median(t[1:]) for precision, t in times.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, known)
+    return known[key]
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -170,7 +170,7 @@ def main() -> None:
     from alexnet.summary import layer_table
 
     device = choose_device(args.device)
-    auto = choose_precision("auto", device)
+    auto = choose_precision("auto", device).name  # on a CPU: fp32 (the rows run bf16 as well)
     precisions = list(dict.fromkeys([auto] + (["bf16"] if args.device == "cpu" else [])))
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {len(os.sched_getaffinity(0))} cores"
     print(f"{name}; torch {torch.__version__}; {100 * args.copies} training images, batch {BATCH}, "

@@ -57,7 +57,7 @@ def ckpts(store, tmp_path_factory):
 def features(store, ckpts, tmp_path_factory):
     """The fc7 features of the training split (40 images), extracted in batches of 7 (the last one short)."""
     out = tmp_path_factory.mktemp("features") / "train"
-    extract_features(str(ckpts["paper"]), str(store), out, "train", batch_size=7, progress=False)
+    extract_features(str(ckpts["paper"]), str(store), out, "train", batch_size=7, precision="fp32", progress=False)
     return out
 
 
@@ -144,7 +144,8 @@ def test_features_are_fc7_of_the_centre_crops_with_labels_and_files(store, ckpts
     assert np.array_equal(f.labels, split.labels) and f.files == [os.path.abspath(p) for p in split.files]
     assert f.meta["batch_size"] == 7 and f.bad == [] and f.names == split.names
     # a second run finds the work done
-    assert extract_features(str(ckpts["paper"]), str(store), features, "train", progress=False) == features
+    assert extract_features(str(ckpts["paper"]), str(store), features, "train", precision="fp32",
+                            progress=False) == features
 
 
 def test_an_undecodable_image_in_a_folder_is_a_bad_row_that_no_search_returns(photos, ckpts, tmp_path):
@@ -229,7 +230,7 @@ def test_neighbors_command_matches_brute_force_and_draws_the_grid(photos, store,
 
 def test_resumed_extraction_after_kill_equals_an_uninterrupted_one(store, ckpts, features, tmp_path):
     args = [sys.executable, "-m", "alexnet", "features", str(ckpts["paper"]), "--data", str(store), "--batch-size",
-            "2", "--no-progress", "--out"]
+            "2", "--precision", "fp32", "--no-progress", "--out"]
     straight = subprocess.run([*args, str(tmp_path / "straight")], capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     killed = tmp_path / "killed"
@@ -263,7 +264,8 @@ def test_bad_inputs_are_one_line_errors(photos, store, ckpts, features, tmp_path
     cut = tmp_path / "cut.pt"
     cut.write_bytes(Path(ckpt).read_bytes()[:1000])
     one_line_error(capsys, ["filters", str(cut), "--out", str(tmp_path / "x.png")], "not a readable checkpoint")
-    one_line_error(capsys, ["filters", ckpt, "--columns", "0", "--out", str(tmp_path / "x.png")], "must be positive")
+    one_line_error(capsys, ["filters", ckpt, "--columns", "0", "--out", str(tmp_path / "x.png")],
+                   "argument --columns: expected a whole number of at least 1, got 0")
     junk = tmp_path / "junk.JPEG"
     junk.write_text("not a photo")
     one_line_error(capsys, ["predict", ckpt, str(junk), "--plot", str(tmp_path / "p.png")], "junk.JPEG: not an image")
@@ -277,7 +279,8 @@ def test_bad_inputs_are_one_line_errors(photos, store, ckpts, features, tmp_path
     one_line_error(capsys, ["neighbors", ckpt, query, "--features", str(photos)], "not a features folder")
     one_line_error(capsys, ["neighbors", other, query, "--features", str(features)], "features of another network")
     one_line_error(capsys, ["neighbors", ckpt, str(junk), "--features", str(features)], "junk.JPEG: not an image")
-    one_line_error(capsys, ["neighbors", ckpt, query, "--features", str(features), "--k", "0"], "k must be at least 1")
+    one_line_error(capsys, ["neighbors", ckpt, query, "--features", str(features), "--k", "0"],
+                   "argument --k: expected a whole number of at least 1, got 0")
 
 
 def test_every_option_shows_its_default_in_help():

@@ -271,14 +271,15 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys, layout, message):
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--epochs", "0"], "epochs and batch size must be positive, got 0 and 128"),
-    (["--threads", "0"], "the number of threads must be positive, got 0"),
+    (["--epochs", "0"], "argument --epochs: expected a whole number of at least 1, got 0"),
+    (["--threads", "0"], "argument --threads: expected a whole number of at least 1, got 0"),
 ])
 def test_bad_settings_are_a_one_line_error(tmp_path, capsys, option, message):
     with pytest.raises(SystemExit) as exit_:
         main(["experiment", "pooling", "--data", str(tmp_path), *option])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"alexnet experiment: error: {message}"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"alexnet experiment pooling: error: {message} (see alexnet experiment pooling --help)"]
 
 
 def test_experiment_help_shows_every_default(capsys):

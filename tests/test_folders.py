@@ -20,6 +20,7 @@ from alexnet.data.folders import (
     preprocess,
     splits,
 )
+from alexnet.errors import InputError
 
 IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
               "n03394916", "n03417042", "n03425413", "n03445777", "n03888257"]
@@ -315,7 +316,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(InputError) as err:
         list_images(tmp_path / "nowhere")
     assert one_line(err) == f"data folder not found: {tmp_path / 'nowhere'}"
 
@@ -338,7 +339,7 @@ def test_folder_without_class_folders_is_a_clear_error(tmp_path):
 
 def test_flat_val_without_a_label_file_is_a_clear_error(tmp_path):
     root = flat_val(tmp_path / "imagenet")
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(InputError) as err:
         list_images(root, "val")
     assert one_line(err).startswith(f"flat val folder {root / 'val'} has no label file")
 
@@ -346,13 +347,13 @@ def test_flat_val_without_a_label_file_is_a_clear_error(tmp_path):
 def test_ground_truth_without_meta_mat_is_a_clear_error(tmp_path):
     root = flat_val(tmp_path / "imagenet")
     (root / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n3\n3\n1\n2\n")
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(InputError) as err:
         list_images(root, "val")
     assert "meta.mat" in one_line(err)
 
 
 def test_missing_val_split_and_unknown_val_class_are_clear_errors(messy, tmp_path):
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(InputError) as err:
         list_images(messy, "val")
     assert one_line(err) == f"no val split: {messy / 'val'} is missing"
     save_jpeg(tmp_path / "train" / "a" / "1.JPEG", gradient(8, 8))

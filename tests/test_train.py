@@ -11,10 +11,13 @@ import torch
 from conftest import kill_when, photo_folder
 from PIL import Image
 
+import alexnet.cli
 import alexnet.train
 from alexnet import checkpoint
+from alexnet.cli import main
 from alexnet.data.store import prepare
-from alexnet.train import DivergedError, TrainConfig, train
+from alexnet.errors import InputError
+from alexnet.train import DeadGuard, DivergedError, TrainConfig, train
 
 
 def alexnet_cmd(*args: str, world: int = 1) -> list[str]:
@@ -41,7 +44,7 @@ def store(tmp_path_factory, request):
 
 def config(store: Path, tmp_path: Path, **kw) -> TrainConfig:
     defaults = {"data": str(store), "epochs": 2, "batch_size": 16, "out": str(tmp_path), "name": "run",
-                "progress": False, "save_every": 0.0, "lr": 0.01}
+                "progress": False, "save_every": 0.0, "lr": 0.01, "precision": "fp32"}
     return TrainConfig(**{**defaults, **kw})
 
 
@@ -87,7 +90,7 @@ def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path
 
 def test_two_processes_with_64_each_equal_one_with_128(store, tmp_path):
     common = ["train", "--data", str(store), "--epochs", "1", "--batch-size", "128", "--max-steps", "1",
-              "--dropout", "0", "--no-progress", "--out", str(tmp_path), "--lr", "0.05"]
+              "--dropout", "0", "--no-progress", "--out", str(tmp_path), "--lr", "0.05", "--precision", "fp32"]
     # 96 training images: one step of the whole set, split 48 + 48 over two processes
     one, two = run(*common, "--name", "one"), run(*common, "--name", "two", world=2)
     assert one.returncode == 0, one.stderr
@@ -156,3 +159,160 @@ def test_data_order_and_augmentation_are_keyed_so_resume_can_replay_them(store):
     whole = [idx for _, _, idx in loader.epoch(1)]
     assert [idx.tolist() for _, _, idx in loader.epoch(1, start=2)] == [i.tolist() for i in whole[2:]]
     assert sorted(np.concatenate(whole).tolist()) == list(range(96))
+
+
+@pytest.mark.parametrize(("option", "value", "accepts"), [
+    ("--batch-size", "0", "a whole number of at least 1"), ("--epochs", "-3", "a whole number of at least 1"),
+    ("--lr", "nan", "a finite number above 0"), ("--lr", "-0.1", "a finite number above 0"),
+    ("--weight-decay", "inf", "a finite number of at least 0"), ("--dropout", "1", "up to, not including, 1"),
+    ("--momentum", "-0.5", "from 0 up to"), ("--workers", "-1", "a whole number of at least 0"),
+    ("--save-every", "-1", "a finite number of at least 0"), ("--max-steps", "0", "a whole number of at least 1"),
+    ("--patience", "0", "a whole number of at least 1"), ("--batch-size", "x", "invalid int value"),
+])
+def test_a_bad_option_value_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, option, value, accepts):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", option, value, "--out", str(tmp_path / "runs")])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"alexnet train: error: argument {option}: ") and accepts in lines[0]
+    assert not (tmp_path / "runs").exists()
+    if value != "x":
+        with pytest.raises(InputError, match=f"^{option} "):  # the library checks the same declarations
+            TrainConfig(**{option[2:].replace("-", "_"): float(value)})
+
+
+def test_a_crop_larger_than_the_stored_images_is_refused_before_a_run_folder_exists(tmp_path, capsys):
+    store = prepare(photo_folder(tmp_path / "photos", 2, 1), tmp_path / "small", size=200, progress=False).path
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data", str(store), "--out", str(tmp_path / "runs")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"alexnet train: error: --crop 224: larger than the 200×200 images of {store}"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(store, tmp_path):
+    result = run("train", "--data", str(store), "--batch-size", "15", "--no-progress", "--out", str(tmp_path / "r"),
+                 world=2)
+    assert result.returncode != 0 and "--batch-size 15: does not split evenly over 2 processes" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_resumed_cosine_run_given_more_epochs_trains_them(store, tmp_path):
+    first = train(config(store, tmp_path, epochs=1, schedule="cosine", dropout=0.0))
+    before = checkpoint.load(first / "last.pt")["model"]
+    train(TrainConfig(resume=str(first), epochs=3, progress=False))
+    rows = metrics(first)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # re-planned over the new total: the added epochs are not at the old plan's end (lr 0)
+    assert rows[1]["lr"] > 1e-3 and rows[2]["lr"] > 0 and rows[1]["train_loss"] != rows[0]["train_loss"]
+    after = checkpoint.load(first / "last.pt")
+    assert after["config"]["epochs"] == 3 and not torch.equal(after["model"]["fc8.weight"], before["fc8.weight"])
+
+
+def test_a_resume_keeps_the_runs_recipe_and_says_what_it_may_change(store, tmp_path, capsys):
+    run_dir = train(config(store, tmp_path, epochs=1, max_steps=1))
+    for args, message in ((["--arch", "owt"], "--arch owt: the run to resume has 'paper'"),
+                          (["--data", str(tmp_path)], f"--data {tmp_path}: the run to resume has"),
+                          (["--lr", "0.1"], "--lr 0.1: the run to resume has 0.01"),
+                          (["--epochs", "0"], "argument --epochs: expected a whole number of at least 1")):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--resume", str(run_dir), *args])
+        assert stop.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--resume", str(run_dir)])
+    assert "--max-steps 1: the run has made 1 step already" in capsys.readouterr().err
+    train(TrainConfig(resume=str(run_dir), max_steps=100, progress=False))  # the rest of the epoch
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--resume", str(run_dir)])
+    assert "--epochs 1: the run has trained 1 epoch already" in capsys.readouterr().err
+    help_text = " ".join(subprocess.run(alexnet_cmd("train", "--help"), capture_output=True, text=True).stdout.split())
+    assert "With --resume, a run keeps its own configuration; it may change --epochs," in help_text
+
+
+def test_a_bug_keeps_its_traceback_and_an_input_error_shows_one_on_request(monkeypatch, capsys):
+    def broken(args):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(alexnet.cli, "_summary", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["summary"])
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        main(["summary", "--image-size", "200"])
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(InputError, match="AlexNet expects images"):
+        main(["--traceback", "summary", "--image-size", "200"])
+    monkeypatch.setenv("ALEXNET_TRACEBACK", "1")
+    with pytest.raises(InputError, match="AlexNet expects images"):
+        main(["summary", "--image-size", "200"])
+
+
+def test_the_dead_guard_fires_on_a_network_stuck_at_chance_after_it_moved_away():
+    guard = DeadGuard(10, steps=30)  # arguments: the mean loss, the largest |loss - ln 10|, fc7's firing fraction
+    assert not guard.dead(7.9, 5.6, 0.9, 1)  # the paper's initialization on 10 classes: 2.3 → 7.9 within steps
+    assert not any(guard.dead(2.31, 0.01, 0.02, 1) for _ in range(29))  # back at ln 10, 2% of fc7 firing
+    assert guard.dead(2.29, 0.01, 0.02, 1) and guard.flat == 30
+    # a dead network's constant guess, which need not be the uniform one: a noisy loss, at chance or above
+    guard = DeadGuard(4, steps=30)
+    assert not guard.dead(21.8, 20.0, 0.5, 6)
+    assert not any(guard.dead(loss, 0.2, 0.01, 1) for loss in (1.55, 1.28) * 14)
+    assert not guard.dead(1.55, 0.2, 0.01, 1) and guard.dead(1.28, 0.2, 0.01, 1)
+    # read back every 20 steps on a GPU: the counts come in blocks
+    guard = DeadGuard(10, steps=30)
+    assert not guard.dead(7.9, 5.6, 0.9, 20) and not guard.dead(2.30, 0.02, 0.03, 20)
+    assert guard.dead(2.30, 0.02, 0.03, 20)
+
+
+def test_the_dead_guard_leaves_a_slow_start_and_a_learning_network_alone():
+    slow = DeadGuard(10, steps=30)  # a slow start: at ln 10 for epochs, then learning
+    assert not any(slow.dead(2.30, 0.02, 0.02, 1) for _ in range(300))
+    assert not any(slow.dead(2.30 - d, d, 1.0, 1) for d in (0.1, 0.2, 0.4, 0.8))
+    learning = DeadGuard(3, steps=30)  # moved away by learning, its fc7 units firing
+    assert not any(learning.dead(loss, abs(loss - 1.1), 0.99, 1) for loss in (0.8, 1.09) * 50)
+    sparse = DeadGuard(3, steps=30)  # few units firing, but learning: its loss is well below chance
+    assert not any(sparse.dead(loss, 0.5, 0.03, 1) for loss in (0.6, 1.1) * 50)
+    # a step with fc7 firing starts the count again
+    guard = DeadGuard(2, steps=30)
+    guard.dead(1.7, 1.0, 0.5, 1)
+    for _ in range(29):
+        guard.dead(0.70, 0.01, 0.01, 1)
+    assert not guard.dead(0.70, 0.01, 0.5, 1) and guard.flat == 0
+
+
+def test_a_network_that_dies_stops_the_run_in_one_line_and_keeps_its_checkpoint(store, tmp_path):
+    result = run("train", "--data", str(store), "--init", "paper", "--epochs", "30",
+                 "--batch-size", "16", "--no-progress", "--out", str(tmp_path), "--name", "dead")
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("alexnet train: stopped: the network died: for 30 steps")
+    assert "Traceback" not in result.stderr
+    assert "ln 4 = 1.386" in last and str(tmp_path / "dead" / "last.pt") in last
+    assert 1 <= checkpoint.load(tmp_path / "dead" / "last.pt")["epoch"] < 30
+
+
+def test_a_budget_fits_the_epochs_to_the_first_epochs_time(store, tmp_path):
+    cfg = config(store, tmp_path, epochs=None, minutes=2.0, schedule="cosine")
+    trainer = alexnet.train.Trainer(cfg, alexnet.train.open_data(cfg), tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    trainer.started -= 30  # 30 s spent on the first epoch and what came before it
+    trainer.plan(epoch_seconds=10, validation_seconds=1)
+    # 120 s - 30 s spent - 11 validation passes for the final evaluation = 79 s: 7 more epochs after the first
+    assert trainer.cfg.epochs == trainer.schedule.epochs == 8 and trainer.planned
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 8
+    trainer.started -= 200  # the budget is spent: no more epochs, but never fewer than the one done
+    trainer.plan(epoch_seconds=10, validation_seconds=1)
+    assert trainer.cfg.epochs == 1
+
+
+def test_a_budgeted_run_records_its_plan_and_a_resume_keeps_it(store, tmp_path, capsys):
+    run_dir = train(config(store, tmp_path, epochs=None, minutes=0.5))
+    printed = capsys.readouterr().out
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert "--minutes 0.5: " in printed and f"{saved['epochs']} epoch" in printed
+    assert saved["minutes"] == 0.5 and 1 <= saved["epochs"] == len(metrics(run_dir))
+    assert checkpoint.load(run_dir / "last.pt")["planned"]
+    with pytest.raises(InputError, match=f"--epochs {saved['epochs']}: the run has trained"):
+        train(TrainConfig(resume=str(run_dir), progress=False))  # the plan is kept, not made again

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InputError
 from .split import Batch, Split
 
 SPLITS = ("train", "val")
@@ -102,22 +103,22 @@ def list_images(root: str | Path, split: str = "train", label_file: str | Path |
     """List one split of the data set in `root`, with labels; `label_file` labels a flat val folder."""
     root = _folder(root)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        raise InputError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     has_split_folders = any((root / s).is_dir() for s in SPLITS)
     if split == "train":
         if has_split_folders and not (root / "train").is_dir():
-            raise FileNotFoundError(f"no train split: {root / 'train'} is missing")
+            raise InputError(f"no train split: {root / 'train'} is missing")
         folder = root / "train" if has_split_folders else root
         return _list_class_folders(folder, _class_folders(folder))
     folder = root / "val"
     if not folder.is_dir():
-        raise FileNotFoundError(f"no val split: {folder} is missing")
+        raise InputError(f"no val split: {folder} is missing")
     train_classes = _class_folders(root / "train") if (root / "train").is_dir() else None
     if _subfolders(folder):
         val_classes = _class_folders(folder)
         unknown = sorted(set(val_classes) - set(train_classes or val_classes))
         if unknown:
-            raise ValueError(f"val class folder {folder / unknown[0]} has no train class of that name")
+            raise InputError(f"val class folder {folder / unknown[0]} has no train class of that name")
         return _list_class_folders(folder, train_classes or val_classes, val_classes)
     return _list_flat_val(root, folder, train_classes or list(imagenet_classes()), label_file)
 
@@ -148,7 +149,7 @@ def imagenet_classes() -> dict[str, str]:
 def _folder(root: str | Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
+        raise InputError(f"data folder not found: {root}")
     return root
 
 
@@ -159,7 +160,7 @@ def _subfolders(folder: Path) -> list[Path]:
 def _class_folders(folder: Path) -> list[str]:
     classes = [p.name for p in _subfolders(folder)]
     if not classes:
-        raise ValueError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
+        raise InputError(f"no class folders in {folder}: expected {folder}/<class>/<image files>")
     return classes
 
 
@@ -182,7 +183,7 @@ def _list_class_folders(folder: Path, classes: list[str], present: list[str] | N
     for name in present or classes:
         images, others = _image_files(folder / name)
         if not images:
-            raise ValueError(f"empty class folder: {folder / name} has no image files")
+            raise InputError(f"empty class folder: {folder / name} has no image files")
         paths += images
         labels += [index[name]] * len(images)
         skipped += others
@@ -192,16 +193,16 @@ def _list_class_folders(folder: Path, classes: list[str], present: list[str] | N
 def _list_flat_val(root: Path, folder: Path, classes: list[str], label_file: str | Path | None) -> ImageList:
     paths, skipped = _image_files(folder)
     if not paths:
-        raise ValueError(f"no images in {folder}")
+        raise InputError(f"no images in {folder}")
     wnid_of = _val_labels(root, folder, label_file)
     index = {c: i for i, c in enumerate(classes)}
     labels = []
     for path in paths:
         wnid = wnid_of.get(path.stem)
         if wnid is None:
-            raise ValueError(f"no label for {path} in the val label file")
+            raise InputError(f"no label for {path} in the val label file")
         if wnid not in index:
-            raise ValueError(f"{path} is labelled {wnid}, which is not one of the {len(classes)} classes")
+            raise InputError(f"{path} is labelled {wnid}, which is not one of the {len(classes)} classes")
         labels.append(index[wnid])
     return ImageList(folder, paths, np.array(labels, dtype=np.int64), classes, class_names(classes), skipped)
 
@@ -212,22 +213,22 @@ def _val_labels(root: Path, folder: Path, label_file: str | Path | None) -> dict
     if label_file is None:
         found = [p / name for name in (CSV_LABELS, DEVKIT_LABELS) for p in places if (p / name).is_file()]
         if not found:
-            raise FileNotFoundError(f"flat val folder {folder} has no label file: put {CSV_LABELS} or the devkit's "
+            raise InputError(f"flat val folder {folder} has no label file: put {CSV_LABELS} or the devkit's "
                                     f"{DEVKIT_LABELS} with {DEVKIT_META} in {root}, or name one")
         label_file = found[0]
     label_file = Path(label_file).expanduser()
     if not label_file.is_file():
-        raise FileNotFoundError(f"val label file not found: {label_file}")
+        raise InputError(f"val label file not found: {label_file}")
     if label_file.suffix.lower() == ".csv":
         return _csv_labels(label_file)
     metas = [p / DEVKIT_META for p in (label_file.parent, *places) if (p / DEVKIT_META).is_file()]
     if not metas:
-        raise FileNotFoundError(f"{label_file} needs the devkit's {DEVKIT_META} (ILSVRC2012_ID → wnid) beside it")
+        raise InputError(f"{label_file} needs the devkit's {DEVKIT_META} (ILSVRC2012_ID → wnid) beside it")
     wnid_of_id = _devkit_wnids(metas[0])
     labels = {}
     for number, line in enumerate(label_file.read_text().split(), start=1):  # line n labels ILSVRC2012_val_n
         if not line.isdigit() or int(line) not in wnid_of_id:
-            raise ValueError(f"{label_file}, line {number}: {line!r} is not an ILSVRC2012_ID of {metas[0]}")
+            raise InputError(f"{label_file}, line {number}: {line!r} is not an ILSVRC2012_ID of {metas[0]}")
         labels[f"ILSVRC2012_val_{number:08d}"] = wnid_of_id[int(line)]
     return labels
 
@@ -237,11 +238,11 @@ def _csv_labels(path: Path) -> dict[str, str]:
     with path.open(newline="") as f:
         rows = csv.DictReader(f)
         if rows.fieldnames is None or not {"ImageId", "PredictionString"} <= set(rows.fieldnames):
-            raise ValueError(f"{path} is not a LOC_val_solution.csv: expected columns ImageId,PredictionString")
+            raise InputError(f"{path} is not a LOC_val_solution.csv: expected columns ImageId,PredictionString")
         labels = {row["ImageId"]: (row["PredictionString"] or "").split()[:1] for row in rows}
     empty = [image for image, wnid in labels.items() if not wnid]
     if empty:
-        raise ValueError(f"{path}: no wnid in the PredictionString of {empty[0]}")
+        raise InputError(f"{path}: no wnid in the PredictionString of {empty[0]}")
     return {image: wnid[0] for image, wnid in labels.items()}
 
 
@@ -254,7 +255,7 @@ def _devkit_wnids(meta: Path) -> dict[int, str]:
     return {int(i): str(w) for i, w in zip(ids, wnids, strict=True) if 1 <= i <= 1000}  # above 1000: inner nodes
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """A file that cannot be used as an image; `reason` is a short category such as "truncated"."""
 
     def __init__(self, path: str | Path, reason: str):

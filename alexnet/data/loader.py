@@ -25,8 +25,6 @@ class Loader:
 
     def __init__(self, source: Split, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1,
                  workers: int = 2, pin_memory: bool = False):
-        if batch_size % world:
-            raise ValueError(f"the batch size {batch_size} does not split evenly over {world} processes")
         self.source, self.batch_size, self.shuffle, self.seed = source, batch_size, shuffle, seed
         self.rank, self.world, self.workers = rank, world, workers
         self.pin_memory = pin_memory  # batches in page-locked memory, so that copies to a GPU run asynchronously

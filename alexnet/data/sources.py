@@ -3,6 +3,7 @@
 import hashlib
 from pathlib import Path
 
+from ..errors import InputError
 from ..files import cache_dir
 from .folders import DEFAULT_DATA, list_images, splits
 from .split import Split
@@ -25,7 +26,7 @@ def data_root(data: str | Path | None) -> Path:
     """The folder a command reads: `data` itself, or for None the built-in photos' store."""
     root = builtin_store() if data is None else Path(data).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
+        raise InputError(f"data folder not found: {root}")
     return root
 
 

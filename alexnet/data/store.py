@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..files import atomic_write, write_json
 from ..kernels import cpu_kernels
 from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
@@ -90,7 +91,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int =
         return Store(dst)
     if dst.is_dir() and any(dst.iterdir()):
         if not (dst / "plan.json").is_file():
-            raise ValueError(f"{dst} is not empty and is not an alexnet store; choose another destination")
+            raise InputError(f"{dst} is not empty and is not an alexnet store; choose another destination")
         if json.loads((dst / "plan.json").read_text()).get("digest") != plan["digest"]:
             print(f"{dst} was prepared from other files or by another version: starting over")
             shutil.rmtree(dst)
@@ -175,7 +176,7 @@ def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> P
 def _write_statistics(dst: Path, stats: PixelStats) -> None:
     """§2: the mean image; §4.1: the eigen-decomposition of the RGB covariance over all training pixels."""
     if stats.count == 0:
-        raise ValueError("the training split has no usable images")
+        raise InputError("the training split has no usable images")
     atomic_write(dst / "mean.npy", lambda f: np.save(f, stats.mean_image()))
     atomic_write(dst / "rgb.npz", lambda f: np.savez(f, **stats.pca()))
 
@@ -193,6 +194,7 @@ class StoreSplit(Split):
 
     def __post_init__(self):
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.side = self.shards[0].shape[1]
 
     def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The images at `indices` (any order), uint8 (len, 256, 256, 3), into `out` if given."""
@@ -250,10 +252,10 @@ class Store:
         if not (self.path / "store.json").is_file():
             why = "an unfinished store: run `alexnet prepare` again to finish it" if (
                 self.path / "plan.json").is_file() else "not a store made by `alexnet prepare`"
-            raise ValueError(f"{self.path} is {why}")
+            raise InputError(f"{self.path} is {why}")
         version = json.loads((self.path / "store.json").read_text()).get("version")
         if version != VERSION:
-            raise ValueError(f"{self.path} is a store of format {version}, this alexnet reads format {VERSION}: "
+            raise InputError(f"{self.path} is a store of format {version}, this alexnet reads format {VERSION}: "
                              "run `alexnet prepare` again to remake it")
         self.plan = json.loads((self.path / "plan.json").read_text())
         self.splits = list(self.plan["splits"])
@@ -261,7 +263,7 @@ class Store:
     def split(self, name: str) -> StoreSplit:
         """The split `name` ("train" or "val")."""
         if name not in self.splits:
-            raise ValueError(f"{self.path} has no {name} split (it has: {', '.join(self.splits)})")
+            raise InputError(f"{self.path} has no {name} split (it has: {', '.join(self.splits)})")
         folder, part = self.path / name, self.plan["splits"][name]
         shards = [np.load(p, mmap_mode="r") for p in sorted(folder.glob("images-*.npy"))]
         shards = [s for s in shards if len(s)] or shards[:1]
