@@ -85,3 +85,15 @@ def test_unknown_names_are_rejected():
         schedule("linear")
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 0.1, 0.9, 0.0)
+
+
+@pytest.mark.parametrize("given, minutes, epochs, kind", [
+    ({}, 8, 90, "cosine"),  # the built-in photos: a budget, and a cosine fitted to it
+    ({"epochs": 3}, None, 3, "plateau"),  # the built-in photos with an epoch count: no budget
+    ({"data": "STORE"}, None, 90, "plateau"),  # one's own data: the paper's recipe
+    ({"data": "STORE", "minutes": 5}, 5, 90, "cosine"),  # one's own data under a budget
+    ({"data": "STORE", "minutes": 5, "schedule": "plateau"}, 5, 90, "plateau"),  # a schedule given wins
+])
+def test_the_defaults_that_depend_on_the_data_and_the_budget(given, minutes, epochs, kind):
+    cfg = fill_defaults(TrainConfig(**given))
+    assert (cfg.minutes, cfg.epochs, cfg.schedule) == (minutes, epochs, kind)
