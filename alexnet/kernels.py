@@ -1,16 +1,62 @@
-"""The C++ kernels of the CPU hot paths (csrc/), compiled by PyTorch on first use and cached per machine."""
+"""The C++ kernels of the CPU hot paths (csrc/), compiled by PyTorch on first use and cached per machine.
+
+A build is for one instruction set: by default this machine's own on x86-64 (-march=native) and
+ARMv8-A's on ARM64 (whose NEON every ARM64 CPU has). ALEXNET_CPU_TARGET names another one
+(-march= on x86-64, -mcpu= on ARM64; "default" for the compiler's own), e.g. x86-64-v3 to build and
+run the AVX2 code on an AVX-512 machine, together with ATEN_CPU_CAPABILITY=avx2 for PyTorch's own.
+"""
 
 import functools
 import hashlib
 import logging
 import os
 import platform
+import re
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 SOURCES = ("bindings.cpp", "lrn.cpp", "augment.cpp", "stats.cpp")
+
+
+def is_x86() -> bool:
+    """Whether this is an x86-64 machine (else ARM64 or another)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def target_flags(target: str | None = None) -> list[str]:
+    """The compiler's instruction-set flag for `target` (by default ALEXNET_CPU_TARGET, else this machine's)."""
+    target = target or os.environ.get("ALEXNET_CPU_TARGET") or ("native" if is_x86() else "default")
+    if target == "default":
+        return []
+    return [f"-march={target}" if is_x86() else f"-mcpu={target}"]
+
+
+def predefined_macros(flags: list[str]) -> str:
+    """The compiler's predefined macros under `flags`: they name the instruction set it compiles for exactly."""
+    compiler = os.environ.get("CXX", "c++")  # what torch.utils.cpp_extension compiles with
+    return subprocess.run([compiler, *flags, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True,
+                          text=True, check=True, timeout=60).stdout
+
+
+def isa_features(macros: str) -> set[str]:
+    """The instruction-set extensions among predefined macros: the capitalized ones defined as 1 (__AVX2__)."""
+    return set(re.findall(r"^#define (__[A-Z0-9_]+__) 1$", macros, re.MULTILINE))
+
+
+def build_key(sources: list[bytes], flags: list[str], macros: str) -> str:
+    """The name of one build: its sources, flags, PyTorch and Python, and the instruction set it is for.
+
+    The instruction set is in the key because a build in a shared home directory can be found by any
+    machine: one made on an AVX-512 node would die of an illegal instruction on an AVX2 node, so that
+    node must build its own.
+    """
+    parts = [*sources, " ".join(flags).encode(), torch.__version__.encode(), sys.version.encode(), macros.encode()]
+    return "alexnet_cpu_" + hashlib.sha256(b"\0".join(parts)).hexdigest()[:12]
 
 
 @functools.cache
@@ -25,18 +71,23 @@ def cpu_kernels() -> ModuleType | None:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" noise
     from torch.utils.cpp_extension import load
 
-    flags = ["-O3"] + (["-march=native"] if platform.machine().lower() in ("x86_64", "amd64") else [])
+    target = target_flags()
+    flags = ["-O3", *target]
     threads = ["-fopenmp"] if sys.platform.startswith("linux") else []  # at::parallel_for runs on OpenMP
     sources = [Path(__file__).with_name("csrc") / name for name in SOURCES]
-    # One build per version of the sources and flags, so that two installs never rebuild over each other.
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + " ".join(flags).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    build = root / f"alexnet_cpu_{digest}"
-    build.mkdir(parents=True, exist_ok=True)
     try:
-        return load(f"alexnet_cpu_{digest}", [str(p) for p in sources], extra_cflags=flags + threads,
-                    extra_ldflags=threads, build_directory=str(build), verbose=False)
-    except Exception as err:  # no compiler, no ninja, an unusual platform
+        macros = predefined_macros(target)
+        if "ALEXNET_CPU_TARGET" in os.environ and target != target_flags("native"):  # never above this CPU
+            missing = isa_features(macros) - isa_features(predefined_macros(target_flags("native")))
+            if missing:
+                raise RuntimeError(f"ALEXNET_CPU_TARGET={os.environ['ALEXNET_CPU_TARGET']} needs "
+                                   f"{', '.join(sorted(missing))}, which this CPU lacks")
+        name = build_key([p.read_bytes() for p in sources], flags, macros)
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+        (root / name).mkdir(parents=True, exist_ok=True)
+        return load(name, [str(p) for p in sources], extra_cflags=flags + threads, extra_ldflags=threads,
+                    build_directory=str(root / name), verbose=False)
+    except Exception as err:  # no compiler, no ninja, an unusual platform, a target above this CPU
         warnings.warn(f"CPU kernels not built ({type(err).__name__}: {str(err)[:200]}); "
                       "using plain PyTorch ops, which are slower", stacklevel=2)
         return None

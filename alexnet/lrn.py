@@ -7,6 +7,7 @@ reading is a named formula. In the two-tower network each tower normalizes its o
 window never crosses the tower boundary.
 """
 
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -45,10 +46,9 @@ def local_response_norm(x: torch.Tensor, alpha: float, k: float, towers: int = 1
     return (a * d.pow(-BETA)).to(x.dtype)
 
 
-def cpu_kernel():
-    """The fused LRN kernel (csrc/lrn.cpp, AVX-512), or None where this CPU or build lacks it."""
-    kernels = cpu_kernels()
-    return kernels if kernels is not None and hasattr(kernels, "lrn_forward") else None
+def cpu_kernel() -> ModuleType | None:
+    """The compiled kernels with the fused LRN (csrc/lrn.cpp, vectorized for this CPU), or None where not built."""
+    return cpu_kernels()
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -94,9 +94,7 @@ class LRN(nn.Module):
         if self.mode == "none":
             return F.relu(x) if self.relu else x
         alpha, k = FORMULAS[self.mode]
-        per_tower = x.shape[1] // self.towers
-        if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and per_tower % 16 == 0
-                and cpu_kernel() is not None):
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and cpu_kernel() is not None:
             return _KernelLRN.apply(x, alpha, k, self.towers, self.relu)
         return local_response_norm(F.relu(x) if self.relu else x, alpha, k, self.towers)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from alexnet.lrn import BETA, FORMULAS, LRN, SIZE, cpu_kernel, local_response_norm
+from alexnet.lrn import BETA, FORMULAS, LRN, SIZE, _KernelLRN, cpu_kernel, local_response_norm
 
 
 def lrn_loop(x: torch.Tensor, alpha: float, k: float, towers: int) -> torch.Tensor:
@@ -22,7 +22,7 @@ def sample(channels: int = 96, seed: int = 0) -> torch.Tensor:
     return torch.randn(3, channels, 5, 7, generator=g).relu()
 
 
-needs_kernel = pytest.mark.skipif(cpu_kernel() is None, reason="no AVX-512 LRN kernel on this machine")
+needs_kernel = pytest.mark.skipif(cpu_kernel() is None, reason="the CPU kernels are not built here")
 
 
 @pytest.mark.parametrize("mode", list(FORMULAS))
@@ -125,3 +125,29 @@ def test_lrn_kernel_is_used_on_cpu():
     x = sample()
     out = LRN("paper", towers=2)(x.requires_grad_())
     assert out.grad_fn is not None and "KernelLRN" in type(out.grad_fn).__name__
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("towers,per_tower", [(1, 1), (1, 7), (2, 21), (3, 37), (2, 48), (1, 130)])
+def test_lrn_kernel_matches_the_formula(dtype, relu, towers, per_tower):
+    """Forward and backward against autograd of the formula in float64, for towers of any length: whole
+    and partial vectors of AVX-512 (16 floats), AVX2 (8) and NEON (4)."""
+    alpha, k = 0.01, 2.0  # a large alpha, so that every channel of the window counts
+    g = torch.Generator().manual_seed(per_tower)
+    z = (3 * torch.randn(2, towers * per_tower, 3, 5, generator=g)).to(dtype)
+    z = z.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(z.shape, generator=g).to(dtype)
+    x = z.clone().requires_grad_()
+    out = _KernelLRN.apply(x, alpha, k, towers, relu)
+    out.backward(grad)
+    ref = z.double().requires_grad_()
+    expected = local_response_norm(ref.relu() if relu else ref, alpha, k, towers)
+    expected.backward(grad.double())
+    assert out.dtype == x.grad.dtype == dtype
+    forward_tol, backward_tol = (1e-6, 1e-6) if dtype == torch.float32 else (2**-8, 1e-2)  # a bfloat16 rounding
+    assert (out.double() - expected).abs().max() <= forward_tol * expected.abs().max()
+    assert (x.grad.double() - ref.grad).abs().max() <= backward_tol * ref.grad.abs().max()
+    if relu:
+        assert (x.grad[z <= 0] == 0).all()

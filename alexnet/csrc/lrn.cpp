@@ -1,153 +1,207 @@
-// Local response normalization (paper §3.3) over channels-last rows, fused forward and backward, AVX-512.
+// Local response normalization (paper §3.3) over channels-last rows, fused forward and backward.
 //
 //   b[c] = a[c] * d[c]^(-3/4),   d[c] = k + alpha * sum_{j=c-2..c+2, same tower} a[j]^2
 //   da[c] = g[c] d[c]^(-3/4) - 2 alpha beta a[c] * sum_{j=c-2..c+2, same tower} g[j] a[j] d[j]^(-7/4)
 //
-// A row holds the C channels of one pixel; each tower is a segment of C / towers channels (a multiple
-// of 16) that the window never leaves. Float and bfloat16 in and out; all arithmetic in float.
-// With `relu`, the input is the pre-activation z and a = max(z, 0) (§3.1): the ReLU costs no pass of
-// its own, forward or backward.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#ifdef __AVX512F__  // compiled for the machine it runs on; elsewhere the plain PyTorch formula runs
-#include <immintrin.h>
-
-#include <type_traits>
-
-constexpr int64_t kMaxTower = 1024;  // channels per tower
-
-static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-static inline __m512 load16(const at::BFloat16* p) {
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-template <bool Relu, typename T>
-static inline __m512 load_a(const T* p) {
-  return Relu ? _mm512_max_ps(load16(p), _mm512_setzero_ps()) : load16(p);
-}
-// Outputs are written with streaming stores: they are far larger than the caches, and bypassing them
-// saves reading each line before writing it. Tower segments are 64-byte (float) or 32-byte (bfloat16)
-// aligned, as the stores need, because PyTorch aligns allocations to 64 bytes.
-static inline void store16(float* p, __m512 v) { _mm512_stream_ps(p, v); }
-static inline void store16(at::BFloat16* p, __m512 v) {
-#ifdef __AVX512BF16__
-  __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-#else  // round to nearest even
-  __m512i b = _mm512_castps_si512(v);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  b = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(b, 16));
+// A row holds the C channels of one pixel; each tower is a segment of C / towers channels that the
+// window never leaves. Float and bfloat16 in and out; all arithmetic in float. With `relu`, the input
+// is the pre-activation z and a = max(z, 0) (§3.1): the ReLU costs no pass of its own.
+//
+// Written once, for every CPU: ATen's Vectorized<float> is AVX-512, AVX2 or NEON by the target that
+// kernels.py compiles for. ATen selects it by its CPU_CAPABILITY macros, which PyTorch sets only for its
+// own sources, so they are set here from the compiler's target; on ARM64 NEON needs none.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define CPU_CAPABILITY_AVX512
+#define VECTOR_ISA "AVX-512"
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CPU_CAPABILITY_AVX2
+#define VECTOR_ISA "AVX2"
+#elif defined(__aarch64__)
+#define VECTOR_ISA "NEON"
+#else
+#define VECTOR_ISA "plain C++"
 #endif
-  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t V = Vec::size();
+
+// The vector types of the compilers' own extensions (GCC and Clang), for what at::vec lacks: lane
+// shuffles and bfloat16's bits. They compile to each target's instructions as at::vec does.
+using Lanes = float __attribute__((vector_size(V * 4)));
+using Index = int32_t __attribute__((vector_size(V * 4)));
+using Bits = uint32_t __attribute__((vector_size(V * 4)));
+using Halves = uint16_t __attribute__((vector_size(V * 2)));
+template <typename To, typename From>
+static inline To bitcast(const From& v) {
+  static_assert(sizeof(To) == sizeof(From));
+  To r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
 }
-// d^(-1/2): the 14-bit estimate is enough for bfloat16 outputs; one Newton step makes it float-exact.
+
+// n <= V values, as float
+static inline Vec load(const float* p, int64_t n) { return Vec::loadu(p, n); }
+static inline Vec load(const at::BFloat16* p, int64_t n) {
+  if (n < V) return std::get<0>(at::vec::convert_bfloat16_float(at::vec::Vectorized<at::BFloat16>::loadu(p, n)));
+  Vec v;
+  at::vec::load_fp32_from_bf16(p, v);
+  return v;
+}
+template <bool Relu, typename T>
+static inline Vec load_a(const T* p, int64_t n) {
+  return Relu ? at::vec::clamp_min(load(p, n), Vec(0.0f)) : load(p, n);
+}
+static inline void store(float* p, const Vec& v, int64_t n) { v.store(p, n); }
+// Rounded to nearest even, as c10 does. A NaN here comes from bfloat16 inputs or arithmetic, so the
+// rounding cannot carry out of it (c10 checks for the NaNs whose low bits are all set).
+static inline void store(at::BFloat16* p, const Vec& v, int64_t n) {
+  const Bits b = bitcast<Bits>(v);
+  const Halves h = __builtin_convertvector((b + 0x7fff + ((b >> 16) & 1)) >> 16, Halves);
+  if (n == V) {  // a copy of constant size: one store
+    std::memcpy(p, &h, sizeof h);
+  } else {
+    uint16_t part[V];
+    std::memcpy(part, &h, sizeof h);
+    std::memcpy(p, part, n * 2);
+  }
+}
+
+// Lanes O..O+V-1 of the pair (a, b): one or two shuffle instructions on each target.
+template <int64_t O, size_t... I>
+static inline Vec shifted(const Vec& a, const Vec& b, std::index_sequence<I...>) {
+  const Lanes x = bitcast<Lanes>(a), y = bitcast<Lanes>(b);
+#if defined(__clang__) || __GNUC__ >= 12
+  return bitcast<Vec>(__builtin_shufflevector(x, y, (I + O)...));
+#else
+  return bitcast<Vec>(__builtin_shuffle(x, y, Index{static_cast<int32_t>(I + O)...}));
+#endif
+}
+template <int64_t O>
+static inline Vec lanes(const Vec& a, const Vec& b) { return shifted<O>(a, b, std::make_index_sequence<V>()); }
+
+// sum over the 5 channels c-2..c+2, from the vectors before, at and after c
+static inline Vec window5(const Vec& prev, const Vec& cur, const Vec& next) {
+  return (lanes<V - 2>(prev, cur) + lanes<V - 1>(prev, cur)) + (lanes<1>(cur, next) + lanes<2>(cur, next)) + cur;
+}
+
+// 1/sqrt(d): the hardware's estimate (14 bits on AVX-512, 12 on AVX2, 8 on NEON), then Newton's steps
+// to float's precision, or one fewer for bfloat16 outputs. The only lines written per instruction set:
+// at::vec has no estimate, and its exact 1/sqrt (a square root and a division) made the kernel up to 1.3x
+// slower on AVX-512.
 template <typename T>
-static inline __m512 rsqrt(__m512 d) {
-  __m512 r = _mm512_rsqrt14_ps(d);
-  if (std::is_same_v<T, at::BFloat16>) return r;
-  __m512 half_d = _mm512_mul_ps(d, _mm512_set1_ps(0.5f));
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(half_d, _mm512_mul_ps(r, r), _mm512_set1_ps(1.5f)));
+static inline Vec rsqrt(const Vec& d) {
+#if defined(CPU_CAPABILITY_AVX512)
+  Vec r = _mm512_rsqrt14_ps(d);
+  constexpr int steps = 1;
+#elif defined(CPU_CAPABILITY_AVX2)
+  Vec r = _mm256_rsqrt_ps(d);
+  constexpr int steps = 2;
+#elif defined(__aarch64__)
+  Vec r = vrsqrteq_f32(d);
+  constexpr int steps = 2;
+#else
+  Vec r = d.rsqrt();
+  constexpr int steps = 1;
+#endif
+  for (int i = std::is_same_v<T, float> ? 0 : 1; i < steps; ++i)
+    r = r * at::vec::fnmadd(d * Vec(0.5f), r * r, Vec(1.5f));
+  return r;
 }
-// sum over the 5 channels c-2..c+2, from the chunks before, at and after c
-static inline __m512 window5(__m512 prev, __m512 cur, __m512 next) {
-  __m512i p = _mm512_castps_si512(prev), c = _mm512_castps_si512(cur), n = _mm512_castps_si512(next);
-  __m512 a = _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, 14));
-  __m512 b = _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, 15));
-  __m512 d = _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 1));
-  __m512 e = _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 2));
-  return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(d, e)), cur);
+
+// d^(-3/4) = rsqrt(d)^2 rsqrt(rsqrt(d)), from rs = rsqrt(d)
+template <typename T>
+static inline Vec pow34(const Vec& rs) { return rs * rs * rsqrt<T>(rs); }
+
+// One segment of L channels. Its arguments are values, not the captures of a lambda, so that stores
+// through the output pointer cannot alias them and they stay in registers.
+template <bool Relu, typename T>
+static void forward_segment(const T* x, T* y, int64_t L, Vec alpha, Vec k) {
+  Vec a = load_a<Relu>(x, std::min(V, L)), prev(0.0f), cur = a * a;
+  for (int64_t i = 0; i < L; i += V) {
+    const Vec an = i + V < L ? load_a<Relu>(x + i + V, std::min(V, L - i - V)) : Vec(0.0f), next = an * an;
+    const Vec rs = rsqrt<T>(at::vec::fmadd(alpha, window5(prev, cur, next), k));
+    store(y + i, a * pow34<T>(rs), std::min(V, L - i));
+    prev = cur, cur = next, a = an;
+  }
+}
+
+// u = g d^(-3/4) and t = u a / d into scratch, aligned, whole vectors (t followed by a zero vector)
+template <bool Relu, typename T>
+static void backward_segment(const T* x, const T* g, T* gx, int64_t L, Vec alpha, Vec k, Vec scale, float* u,
+                             float* t) {
+  Vec a = load_a<Relu>(x, std::min(V, L)), prev(0.0f), cur = a * a;
+  for (int64_t i = 0; i < L; i += V) {
+    const Vec an = i + V < L ? load_a<Relu>(x + i + V, std::min(V, L - i - V)) : Vec(0.0f), next = an * an;
+    const Vec rs = rsqrt<T>(at::vec::fmadd(alpha, window5(prev, cur, next), k));
+    const Vec ui = load(g + i, std::min(V, L - i)) * pow34<T>(rs);
+    ui.store(u + i);
+    (ui * a * (rs * rs)).store(t + i);
+    prev = cur, cur = next, a = an;
+  }
+  prev = Vec(0.0f), cur = Vec::loadu(t);
+  for (int64_t i = 0; i < L; i += V) {
+    const int64_t n = std::min(V, L - i);
+    const Vec next = Vec::loadu(t + i + V), z = load(x + i, n);
+    const Vec ga = at::vec::fmadd(scale * z, window5(prev, cur, next), Vec::loadu(u + i));
+    store(gx + i, Relu ? Vec::blendv(Vec(0.0f), ga, z > Vec(0.0f)) : ga, n);  // through the ReLU: 0 where z <= 0
+    prev = cur, cur = next;
+  }
 }
 
 template <bool Relu, typename T>
-static void forward_rows(const T* x, T* y, int64_t rows, int64_t C, float alpha, float k, int64_t towers) {
-  const int64_t L = C / towers, nc = L / 16;
-  const __m512 va = _mm512_set1_ps(alpha), vk = _mm512_set1_ps(k), zero = _mm512_setzero_ps();
-  at::parallel_for(0, rows * towers, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t seg = begin; seg < end; ++seg) {
-      const T* xs = x + seg * L;
-      T* ys = y + seg * L;
-      __m512 xc = load_a<Relu>(xs), prev = zero, cur = _mm512_mul_ps(xc, xc);
-      for (int64_t i = 0; i < nc; ++i) {
-        __m512 xn = i + 1 < nc ? load_a<Relu>(xs + 16 * (i + 1)) : zero;
-        __m512 next = _mm512_mul_ps(xn, xn);
-        __m512 rs = rsqrt<T>(_mm512_fmadd_ps(va, window5(prev, cur, next), vk));
-        __m512 p = _mm512_mul_ps(_mm512_mul_ps(rs, rs), rsqrt<T>(rs));  // d^(-3/4)
-        store16(ys + 16 * i, _mm512_mul_ps(xc, p));
-        prev = cur; cur = next; xc = xn;
-      }
-    }
-    _mm_sfence();
+static void forward_rows(const T* x, T* y, int64_t segments, int64_t L, float alpha, float k) {
+  at::parallel_for(0, segments, 256, [=](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) forward_segment<Relu>(x + s * L, y + s * L, L, Vec(alpha), Vec(k));
   });
 }
 
 template <bool Relu, typename T>
-static void backward_rows(const T* x, const T* g, T* gx, int64_t rows, int64_t C, float alpha, float beta, float k,
-                          int64_t towers) {
-  const int64_t L = C / towers, nc = L / 16;
-  const __m512 va = _mm512_set1_ps(alpha), vk = _mm512_set1_ps(k), zero = _mm512_setzero_ps();
-  const __m512 vsc = _mm512_set1_ps(-2.0f * alpha * beta);
-  at::parallel_for(0, rows * towers, 256, [&](int64_t begin, int64_t end) {
-    alignas(64) float pb[kMaxTower], tb[kMaxTower + 16];
-    for (int64_t seg = begin; seg < end; ++seg) {
-      const T* xs = x + seg * L;
-      const T* gs = g + seg * L;
-      T* os = gx + seg * L;
-      __m512 xc = load_a<Relu>(xs), prev = zero, cur = _mm512_mul_ps(xc, xc);
-      for (int64_t i = 0; i < nc; ++i) {
-        __m512 xn = i + 1 < nc ? load_a<Relu>(xs + 16 * (i + 1)) : zero;
-        __m512 next = _mm512_mul_ps(xn, xn);
-        __m512 rs = rsqrt<T>(_mm512_fmadd_ps(va, window5(prev, cur, next), vk));
-        __m512 p = _mm512_mul_ps(_mm512_mul_ps(rs, rs), rsqrt<T>(rs));  // d^(-3/4)
-        _mm512_store_ps(pb + 16 * i, p);
-        // g x p / d, with 1/d = rs^2
-        __m512 gxp = _mm512_mul_ps(_mm512_mul_ps(load16(gs + 16 * i), xc), p);
-        _mm512_store_ps(tb + 16 * i, _mm512_mul_ps(gxp, _mm512_mul_ps(rs, rs)));
-        prev = cur; cur = next; xc = xn;
-      }
-      _mm512_store_ps(tb + 16 * nc, zero);
-      prev = zero; cur = _mm512_load_ps(tb);
-      for (int64_t i = 0; i < nc; ++i) {
-        __m512 next = _mm512_load_ps(tb + 16 * (i + 1));
-        __m512 w = window5(prev, cur, next);
-        __m512 z = load16(xs + 16 * i);
-        __m512 gp = _mm512_mul_ps(load16(gs + 16 * i), _mm512_load_ps(pb + 16 * i));
-        __m512 ga = _mm512_fmadd_ps(_mm512_mul_ps(vsc, z), w, gp);
-        // through the ReLU: zero where z <= 0
-        store16(os + 16 * i, Relu ? _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, zero, _CMP_GT_OQ), ga) : ga);
-        prev = cur; cur = next;
-      }
-    }
-    _mm_sfence();
+static void backward_rows(const T* x, const T* g, T* gx, int64_t segments, int64_t L, float alpha, float beta,
+                          float k) {
+  const int64_t padded = (L + V - 1) / V * V;
+  at::parallel_for(0, segments, 256, [=](int64_t begin, int64_t end) {
+    const auto scratch = at::zeros({2 * padded + V}, at::kFloat);
+    float *u = scratch.data_ptr<float>(), *t = u + padded;
+    for (int64_t s = begin; s < end; ++s)
+      backward_segment<Relu>(x + s * L, g + s * L, gx + s * L, L, Vec(alpha), Vec(k), Vec(-2.0f * alpha * beta), u,
+                             t);
   });
 }
 
 static void check(const torch::Tensor& x, int64_t towers) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), "LRN kernel: a contiguous (rows, C) CPU tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "LRN kernel: float32 or bfloat16");
-  const int64_t L = x.size(1) / towers;
-  TORCH_CHECK(L * towers == x.size(1) && L % 16 == 0 && L <= kMaxTower, "LRN kernel: C / towers a multiple of 16");
+  TORCH_CHECK(towers > 0 && x.size(1) % towers == 0, "LRN kernel: C a multiple of towers");
 }
 
-template <bool Relu, typename T>
-static void forward(const torch::Tensor& x, torch::Tensor& y, double alpha, double k, int64_t towers) {
-  forward_rows<Relu>(x.data_ptr<T>(), y.data_ptr<T>(), x.size(0), x.size(1), alpha, k, towers);
+template <typename T>
+static void forward(const torch::Tensor& x, torch::Tensor& y, double alpha, double k, int64_t towers, bool relu) {
+  auto rows = relu ? forward_rows<true, T> : forward_rows<false, T>;
+  rows(x.data_ptr<T>(), y.data_ptr<T>(), x.size(0) * towers, x.size(1) / towers, alpha, k);
 }
 
-template <bool Relu, typename T>
+template <typename T>
 static void backward(const torch::Tensor& x, const torch::Tensor& g, torch::Tensor& gx, double alpha, double beta,
-                     double k, int64_t towers) {
-  backward_rows<Relu>(x.data_ptr<T>(), g.data_ptr<T>(), gx.data_ptr<T>(), x.size(0), x.size(1), alpha, beta, k,
-                      towers);
+                     double k, int64_t towers, bool relu) {
+  auto rows = relu ? backward_rows<true, T> : backward_rows<false, T>;
+  rows(x.data_ptr<T>(), g.data_ptr<T>(), gx.data_ptr<T>(), x.size(0) * towers, x.size(1) / towers, alpha, beta, k);
 }
 
 torch::Tensor lrn_forward(torch::Tensor x, double alpha, double k, int64_t towers, bool relu) {
   check(x, towers);
   auto y = torch::empty_like(x);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  if (relu)
-    bf16 ? forward<true, at::BFloat16>(x, y, alpha, k, towers) : forward<true, float>(x, y, alpha, k, towers);
+  if (x.scalar_type() == at::kBFloat16)
+    forward<at::BFloat16>(x, y, alpha, k, towers, relu);
   else
-    bf16 ? forward<false, at::BFloat16>(x, y, alpha, k, towers) : forward<false, float>(x, y, alpha, k, towers);
+    forward<float>(x, y, alpha, k, towers, relu);
   return y;
 }
 
@@ -156,14 +210,11 @@ torch::Tensor lrn_backward(torch::Tensor x, torch::Tensor g, double alpha, doubl
   check(x, towers);
   TORCH_CHECK(g.sizes() == x.sizes() && g.is_contiguous() && g.scalar_type() == x.scalar_type(), "LRN kernel: gradient");
   auto gx = torch::empty_like(x);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  if (relu)
-    bf16 ? backward<true, at::BFloat16>(x, g, gx, alpha, beta, k, towers)
-         : backward<true, float>(x, g, gx, alpha, beta, k, towers);
+  if (x.scalar_type() == at::kBFloat16)
+    backward<at::BFloat16>(x, g, gx, alpha, beta, k, towers, relu);
   else
-    bf16 ? backward<false, at::BFloat16>(x, g, gx, alpha, beta, k, towers)
-         : backward<false, float>(x, g, gx, alpha, beta, k, towers);
+    backward<float>(x, g, gx, alpha, beta, k, towers, relu);
   return gx;
 }
 
-#endif  // __AVX512F__
+std::string lrn_vector_isa() { return VECTOR_ISA; }
