@@ -71,8 +71,9 @@ class TrainConfig:
     dropout: float = option(0.5, "dropout probability on fc6 and fc7", section="§4.2", accepts=FRACTION)
     epochs: int | None = option(None, f"epochs (default: {PAPER_EPOCHS}, or as many as --minutes allows; with "
                                       "--minutes, the most it trains)", section="§5", accepts=COUNT, resume=True)
-    minutes: float | None = option(None, "a time budget: the first epoch's speed decides how many epochs fit, the "
-                                         "final evaluation included, and the schedule follows them (default: "
+    minutes: float | None = option(None, "a time budget from the command's start: the first epoch's speed decides "
+                                         "how many epochs fit, the final evaluation included, and the schedule "
+                                         "follows them (default: "
                                          f"none; {BUILT_IN_MINUTES} on the built-in photos)", accepts=RATE)
     batch_size: int = option(128, "images per step, over all processes", section="§5", accepts=COUNT)
     lr: float = option(0.01, "initial learning rate", section="§5", accepts=RATE)
@@ -292,12 +293,13 @@ def train(cfg: TrainConfig) -> Path:
     """Train; returns the run folder. Raises DivergedError on a NaN or infinite loss (last.pt stays good).
 
     The run seeds torch's random generators and gives them back as they were when it ends."""
+    started = time.monotonic()  # a budget counts everything from here: the built-in store, the kernels' build
     cfg, state, run_path = _resolve(cfg)
     rank, world, local_rank = _distributed()
     device = choose_device(cfg.device)
     try:
         with torch.random.fork_rng(devices=[local_rank] if device.type == "cuda" else []):
-            trainer = Trainer(cfg, open_data(cfg, rank, world), run_path, rank, world, local_rank)
+            trainer = Trainer(cfg, open_data(cfg, rank, world), run_path, rank, world, local_rank, started)
             if state is not None:
                 trainer.restore(state)
             folder = trainer.run()
@@ -316,7 +318,7 @@ class Trainer:
     """The state of a run and the loop over its epochs (§5). Seeds torch's global random generator."""
 
     def __init__(self, cfg: TrainConfig, data: Data, run_path: Path, rank: int = 0, world: int = 1,
-                 local_rank: int = 0):
+                 local_rank: int = 0, started: float | None = None):
         init, self.init_reason = (cfg.init, "as asked") if cfg.init else default_init(cfg.arch, len(data.classes))
         self.cfg = cfg = dataclasses.replace(fill_defaults(cfg), init=init)
         self.data, self.run_path, self.rank, self.world = data, run_path, rank, world
@@ -345,7 +347,7 @@ class Trainer:
         self.guard = DeadGuard(len(data.classes))
         self.alive = torch.zeros((), dtype=torch.float64, device=self.device)  # fc7 units that fired, last batch
         self.model.layers()["fc7"].register_forward_hook(self._count_alive)
-        self.started = time.monotonic()  # the clock of --minutes
+        self.started = time.monotonic() if started is None else started  # the clock of --minutes
         self.planned = cfg.minutes is None  # whether the number of epochs is final (see plan)
 
     def _seconds(self, precision: str) -> float:
