@@ -82,11 +82,13 @@ class Canvas:
 
 
 def shown(path: str | Path) -> str:
-    """A path as a caption shows it: relative to the current folder when it lies inside, else as given."""
+    """A path as a caption shows it: relative to the current folder when it lies inside, else its last two parts
+    (a run's folder and its checkpoint), never a temporary folder's whole path."""
+    path = Path(path).resolve()
     try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+        return str(path.relative_to(Path.cwd().resolve()))
     except ValueError:
-        return str(path)
+        return str(Path(*path.parts[-2:]))
 
 
 def fit(text: str, width: int, char: int = 6) -> str:

@@ -17,7 +17,7 @@ from alexnet.cli import _parser, main
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import preprocess
 from alexnet.data.store import Store, prepare
-from alexnet.draw import LINE
+from alexnet.draw import LINE, shown
 from alexnet.features import Features, extract_features
 from alexnet.figures import BARS, CAPTION
 from alexnet.inference import load_network
@@ -297,3 +297,11 @@ def test_every_option_shows_its_default_in_help():
                 assert f"{helped} (default: {action.default})" in text, (name, action.dest)
             else:
                 assert f"{helped} (default: {action.default})" not in text, (name, action.dest)
+
+
+def test_a_caption_shows_a_path_inside_the_current_folder_relative_and_one_outside_by_its_last_parts(
+        tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    assert shown(tmp_path / "project" / "runs" / "r1" / "best.pt") == "runs/r1/best.pt"
+    assert shown(tmp_path / "acc" / "imagenette" / "best.pt") == "imagenette/best.pt"
