@@ -2,10 +2,15 @@
 page in a real browser."""
 
 import asyncio
+import contextlib
 import io
 import json
+import os
 import shutil
+import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -269,3 +274,70 @@ def test_bad_command_line_input_is_one_line_and_status_2(ckpt, tmp_path, capsys)
         assert stop.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ckpt):
+    """`alexnet serve` with the features, in a process of its own, on a free port of 127.0.0.1."""
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "serve", str(ckpt[0]), "--features", str(ckpt[1]),
+                             "--port", url.rsplit(":", 1)[1], "--device", "cpu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"the server did not start:\n{proc.communicate()[0][-3000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    proc.stdout.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+def test_the_page_in_headless_chromium_shows_the_apis_top1_and_the_neighbours(server, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=900,760"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        driver.get(server + "/")
+        WebDriverWait(driver, 60).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "file").send_keys(str(PHOTO))
+
+        def state(d) -> str:
+            return d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+
+        WebDriverWait(driver, 120).until(lambda d: state(d) in ("done", "error"))
+        assert state(driver) == "done", driver.find_element(By.ID, "error").text
+        shown = driver.find_element(By.ID, "top1").text
+        thumbnails = driver.find_elements(By.CSS_SELECTOR, "#neighbors img")
+        WebDriverWait(driver, 60).until(lambda d: all(d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in thumbnails))
+        png = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+    answer = httpx.post(server + "/predict", files={"image": (PHOTO.name, PHOTO.read_bytes(), "image/jpeg")},
+                        timeout=120).json()
+    assert shown == answer["top5"][0]["class"] and len(thumbnails) == len(answer["neighbors"]) == 6
+    for out in (tmp_path / "serve.png", *([Path(os.environ["ALEXNET_SCREENSHOT"])] if "ALEXNET_SCREENSHOT" in
+                                          os.environ else [])):  # ALEXNET_SCREENSHOT=docs/serve.png: the README's
+        out.write_bytes(png)
+    assert Image.open(tmp_path / "serve.png").size[0] >= 800
