@@ -162,6 +162,8 @@ def bad_requests(jpeg: bytes) -> dict[str, tuple[dict, int, str]]:
         "no content type": ({"content": jpeg}, 415, "(none)"),
         "missing field": ({"files": {"photo": ("a.jpg", jpeg, "image/jpeg")}}, 422, "no file field 'image'"),
         "a text field, not a file": ({"files": {"image": (None, "a.jpg")}}, 422, "no file field 'image'"),
+        "a form without its boundary": ({"content": jpeg, "headers": {"content-type": "multipart/form-data"}}, 400,
+                                        "boundary"),
         "bad crops": ({"content": jpeg, "headers": image, "params": {"crops": 3}}, 422, "crops"),
         "bad k": ({"content": jpeg, "headers": image, "params": {"k": 0}}, 422, "k"),
     }
