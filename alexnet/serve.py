@@ -32,6 +32,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .batching import Batcher, BusyError
@@ -118,10 +119,10 @@ class BodyLimit:
     """ASGI middleware: a request body over `limit` bytes is answered 413, from its Content-Length before it is
     read, or as soon as the bytes read pass the limit."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app: ASGIApp, limit: int):
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"")
@@ -129,7 +130,7 @@ class BodyLimit:
             return await JSONResponse({"error": self.message()}, 413)(scope, receive, send)
         seen = 0
 
-        async def limited():
+        async def limited() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))

@@ -306,6 +306,18 @@ def server(ckpt):
     proc.stdout.close()
 
 
+def test_the_real_server_answers_bad_requests_and_serves_the_next(server):
+    for case in ("truncated JPEG", "decompression bomb", "wrong content type", "missing field"):
+        kwargs, status, fragment = BAD[case]
+        r = httpx.post(server + "/predict", timeout=120, **kwargs)
+        assert r.status_code == status and fragment in r.json()["error"]
+    big = httpx.post(server + "/predict", content=bytes(21 * 2**20), headers={"content-type": "image/jpeg"})
+    assert big.status_code == 413 and "20 MiB" in big.json()["error"]  # the default limit
+    ok = httpx.post(server + "/predict", content=PHOTO.read_bytes(), headers={"content-type": "image/jpeg"},
+                    timeout=120)
+    assert ok.status_code == 200 and len(ok.json()["top5"]) == 4 and len(ok.json()["neighbors"]) == 6
+
+
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
 def test_the_page_in_headless_chromium_shows_the_apis_top1_and_the_neighbours(server, tmp_path):
