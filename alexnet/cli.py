@@ -85,7 +85,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
-    from .evaluate import predict
+    from .evaluate import predict, top5_records
 
     predictions = predict(args.checkpoint, args.images, args.crops, args.device, args.precision)
     if args.plot:
@@ -94,8 +94,7 @@ def _predict(args: argparse.Namespace) -> None:
         plot_predictions(predictions, args.plot, args.plot_columns)
     results = predictions.top5()
     if args.json:
-        print(json.dumps([{"image": image, "top5": [{"class": name, "probability": p} for name, p in top]}
-                          for image, top in results]))
+        print(json.dumps([{"image": image, "top5": top5_records(top)} for image, top in results]))
         return
     for image, top in results:
         print(image)

@@ -38,7 +38,7 @@ from . import __version__
 from .batching import Batcher, BusyError
 from .data.folders import BadImageError, preprocess
 from .draw import center
-from .evaluate import probabilities, top5
+from .evaluate import probabilities, top5, top5_records
 from .features import Features, fc7
 from .inference import Network, load_network
 from .neighbours import nearest, neighbour_records, open_features
@@ -73,7 +73,7 @@ class Predictor:
             mine = [i for i, job in enumerate(jobs) if job.crops == crops]
             probs = probabilities([self.net], pixels[mine], crops).cpu()
             for i, top in zip(mine, top5(probs, self.net.names), strict=True):
-                answers[i] = {"crops": crops, "top5": [{"class": name, "probability": p} for name, p in top]}
+                answers[i] = {"crops": crops, "top5": top5_records(top)}
         f = self.features
         if f is not None:
             distances, rows = nearest(f.features, fc7(self.net, pixels, f.meta["crop"]), max(j.k for j in jobs),
