@@ -27,13 +27,13 @@ from PIL import Image
 from alexnet import checkpoint
 from alexnet.batching import Batcher, BusyError
 from alexnet.cli import main
-from alexnet.data.folders import DEFAULT_DATA, MAX_PIXELS
+from alexnet.data.folders import DEFAULT_DATA, MAX_PIXELS, preprocess
 from alexnet.data.store import prepare
 from alexnet.draw import center
 from alexnet.evaluate import predict
 from alexnet.features import extract_features
 from alexnet.neighbours import find_neighbours, open_features
-from alexnet.serve import Predictor, make_app, validation
+from alexnet.serve import Job, Predictor, make_app, validation
 from alexnet.train import TrainConfig, Trainer, open_data
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -108,6 +108,19 @@ def test_neighbours_are_those_of_alexnet_neighbors_with_their_thumbnails(client,
     for row in ("20", "-1", "999999"):  # only the features' own images, by row
         assert client.get(f"/neighbors/{row}").status_code == 404
     assert client.get("/neighbors/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+
+
+def test_a_mixed_batch_answers_each_photo_as_it_would_be_answered_alone(predictor, photos):
+    pixels = [preprocess(p) for p in sorted((photos / "val").glob("*/*.JPEG"))[:2]]
+    jobs = [Job(pixels[0], 1, 3), Job(pixels[1], 10, 2), Job(pixels[0], 10, 5)]
+    together = predictor.run(jobs)
+    for job, answer in zip(jobs, together, strict=True):
+        (alone,) = predictor.run([job])
+        assert answer["crops"] == job.crops and len(answer["neighbors"]) == job.k
+        assert [t["class"] for t in answer["top5"]] == [t["class"] for t in alone["top5"]]
+        assert np.allclose([t["probability"] for t in answer["top5"]], [t["probability"] for t in alone["top5"]],
+                           atol=1e-5)
+        assert [n["row"] for n in answer["neighbors"]] == [n["row"] for n in alone["neighbors"]]
 
 
 def test_health_info_openapi_and_a_page_without_external_assets(client):
