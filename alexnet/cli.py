@@ -85,7 +85,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
-    from .evaluate import predict
+    from .evaluate import predict, top5_records
 
     predictions = predict(args.checkpoint, args.images, args.crops, args.device, args.precision)
     if args.plot:
@@ -94,8 +94,7 @@ def _predict(args: argparse.Namespace) -> None:
         plot_predictions(predictions, args.plot, args.plot_columns)
     results = predictions.top5()
     if args.json:
-        print(json.dumps([{"image": image, "top5": [{"class": name, "probability": p} for name, p in top]}
-                          for image, top in results]))
+        print(json.dumps([{"image": image, "top5": top5_records(top)} for image, top in results]))
         return
     for image, top in results:
         print(image)
@@ -137,6 +136,15 @@ def _neighbors(args: argparse.Namespace) -> None:
             print(f"  {n['rank']}. {n['distance']:10.4f}  {n['class']:<20}  {n['file']}")
     if args.out:
         print(f"wrote {args.out}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .runtime import tune_process
+    from .serve import serve
+
+    tune_process(args.device)
+    serve(args.checkpoint, args.features, args.host, args.port, args.device, args.precision, args.max_batch,
+          args.max_wait / 1000, args.queue, int(args.max_mb * 2**20))
 
 
 def _experiment(args: argparse.Namespace) -> None:
@@ -282,6 +290,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=count, default=16384, help="stored features per matrix product (16 KiB each)")
     p.add_argument("--device", default="auto", help="device for the queries' features: auto, cpu, cuda, ...")
     p.set_defaults(run=_neighbors)
+
+    from .options import AMOUNT, RATE
+    from .serve import MAX_BYTES
+
+    p = commands.add_parser("serve", formatter_class=fmt, help="Figure 4 as a web page and a JSON API",
+                            description="Serve a web page (choose or drop a photo: its top-5 classes as bars and, "
+                                        "with --features, its nearest images) and a JSON API: POST /predict, GET "
+                                        "/health, /info, /docs. Requests that arrive together run as one batch.")
+    p.add_argument("checkpoint", help="a checkpoint file or run folder")
+    p.add_argument("--features", default=None, help="a folder made by `alexnet features`: show nearest images too")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=size, default=8000, help="port to listen on")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic precision (with --features: the features' own)")
+    p.add_argument("--max-batch", type=count, default=16, help="photos per forward pass at most (1: no batching)")
+    p.add_argument("--max-wait", type=checked(float, AMOUNT), default=5.0, metavar="MS",
+                   help="milliseconds a batch waits for more photos after its first")
+    p.add_argument("--queue", type=count, default=64, help="photos waiting at most; beyond, 503 (busy)")
+    p.add_argument("--max-mb", type=checked(float, RATE), default=MAX_BYTES / 2**20,
+                   help="largest request body in MiB; beyond, 413")
+    p.set_defaults(run=_serve)
     from .experiments import EXPERIMENTS, ExperimentConfig
 
     p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's small-scale CIFAR-10 experiments",

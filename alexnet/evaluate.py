@@ -88,6 +88,11 @@ def top5(probs: torch.Tensor, names: list[str]) -> list[list[tuple[str, float]]]
             for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
+def top5_records(top: list[tuple[str, float]]) -> list[dict]:
+    """One image's top-5 (see top5) as JSON records: {"class": name, "probability": p}, most probable first."""
+    return [{"class": name, "probability": p} for name, p in top]
+
+
 def evaluate_checkpoints(paths: list[str], data: str | None, split: str = "val", crops: int = 1,
                          batch_size: int = 128, device: str = "auto", precision: str = "auto",
                          progress: bool = True) -> Errors:

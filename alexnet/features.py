@@ -35,7 +35,7 @@ from .data.sources import data_root, is_store, open_split
 from .data.store import Store
 from .errors import InputError
 from .files import atomic_write, read_json, write_json
-from .inference import load_network
+from .inference import Network, load_network
 
 FEATURES_FORMAT = "alexnet-features-1"
 FEATURE_DIM = 4096
@@ -48,6 +48,14 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)};".encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+@torch.no_grad()
+def fc7(net: Network, images: torch.Tensor, crop: int) -> torch.Tensor:
+    """fc7 after its ReLU of the centre crops of uint8 (B, 256, 256, 3) images: float32, on the CPU."""
+    with net.autocast():
+        return net.model.forward_fc7(center_crop(images.to(net.device, non_blocking=True), net.recipe,
+                                                 crop)).float().cpu()
 
 
 # what has to match for a features folder to be continued rather than refused
@@ -103,14 +111,11 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     rows, bad = done["rows"], list(done["bad"])
     started = time.monotonic()
     with tqdm(total=len(files), initial=rows, unit="img", desc="features", disable=not progress,
-              dynamic_ncols=True) as bar, torch.no_grad():
+              dynamic_ncols=True) as bar:
         for number, (images, _, indices) in enumerate(loader.epoch(0, start=rows // batch_size), rows // batch_size):
             end = min((number + 1) * batch_size, len(files))
             if len(indices):
-                with net.autocast():
-                    fc7 = net.model.forward_fc7(center_crop(images.to(net.device, non_blocking=True), net.recipe,
-                                                            meta["crop"]))
-                features[indices] = fc7.float().cpu().numpy()
+                features[indices] = fc7(net, images, meta["crop"]).numpy()
                 features.flush()
             bad += sorted(set(range(number * batch_size, end)) - set(indices.tolist()))
             rows = end

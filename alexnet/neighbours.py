@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.augment import center_crop
 from .data.folders import known_class, preprocess
 from .errors import InputError
-from .features import Features, weights_digest
-from .inference import load_network
+from .features import Features, fc7, weights_digest
+from .inference import Network, load_network
 
 CHUNK_ROWS = 16384  # stored features per matrix product: 256 MiB of float32
 
@@ -133,28 +132,39 @@ class Neighbours:
         """Each query with its neighbours' files, classes and distances (for JSON)."""
         f = self.features
         return [{"query": query, "class": None if truth is None else f.names[truth],
-                 "neighbors": [{"rank": rank, "file": f.files[row], "row": int(row), "label": int(f.labels[row]),
-                                "class": f.names[f.labels[row]], "distance": float(d)}
-                               for rank, (d, row) in enumerate(zip(dists, rows, strict=True), 1)]}
+                 "neighbors": neighbour_records(f, dists, rows)}
                 for query, truth, dists, rows in zip(self.queries, self.truth, self.distances, self.rows,
                                                      strict=True)]
+
+
+def neighbour_records(features: Features, distances: np.ndarray, rows: np.ndarray) -> list[dict]:
+    """One query's neighbours, nearest first: rank, file, row, label, class and distance of each (for JSON)."""
+    f = features
+    return [{"rank": rank, "file": f.files[row], "row": int(row), "label": int(f.labels[row]),
+             "class": f.names[f.labels[row]], "distance": float(d)}
+            for rank, (d, row) in enumerate(zip(distances, rows, strict=True), 1)]
+
+
+def open_features(features: str | Path, path: str, device: str = "auto") -> tuple[Features, Network]:
+    """A features folder and the network of checkpoint `path` that made it, in the precision it was made in;
+    another network's features raise InputError."""
+    store = Features(features)
+    net = load_network(path, device, store.meta["precision"])
+    if weights_digest(net.model) != store.meta["weights"]:
+        raise InputError(f"{store.path} holds the features of another network ({store.meta['checkpoint']}), "
+                         f"not of {net.info['path']}")
+    return store, net
 
 
 def find_neighbours(path: str, queries: list[str], features: str | Path, k: int = 6, chunk: int = CHUNK_ROWS,
                     device: str = "auto") -> Neighbours:
     """`alexnet neighbors`: the k images of a features folder whose fc7 features are nearest (Euclidean) to
     each query image's (§6.1, Figure 4); a query that is itself in the folder is left out of its list."""
-    store = Features(features)
-    net = load_network(path, device, store.meta["precision"])  # the precision the features were made in
-    if weights_digest(net.model) != store.meta["weights"]:
-        raise InputError(f"{store.path} holds the features of another network ({store.meta['checkpoint']}), "
-                         f"not of {net.info['path']}")
+    store, net = open_features(features, path, device)
     pixels = np.stack([preprocess(q) for q in queries])
-    with torch.no_grad(), net.autocast():
-        fc7 = net.model.forward_fc7(center_crop(torch.from_numpy(pixels).to(net.device), net.recipe,
-                                                store.meta["crop"]))
     where = {f: i for i, f in enumerate(store.files)}
     exclude = [where.get(os.path.abspath(q), -1) for q in queries]
-    distances, rows = nearest(store.features, fc7.float().cpu(), k, chunk, store.bad, exclude)
+    distances, rows = nearest(store.features, fc7(net, torch.from_numpy(pixels), store.meta["crop"]), k, chunk,
+                              store.bad, exclude)
     return Neighbours(list(queries), pixels, [known_class(q, store.meta["classes"]) for q in queries], distances,
                       rows, store)

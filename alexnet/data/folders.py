@@ -10,6 +10,7 @@ ImageNet tench n01440764 = 0):
     ROOT/<class>/*                                       any ImageFolder-style set: a train split, no val
 """
 
+import contextlib
 import csv
 import functools
 import logging
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -298,10 +300,11 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return _decode(Path(path), max_pixels)[0]
 
 
-def preprocess(path: str | Path, size: int = 256, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode, rescale so the shorter side is `size`, crop the central size×size: uint8 array (size, size, 3)."""
+def preprocess(path: str | Path | BinaryIO, size: int = 256, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode, rescale so the shorter side is `size`, crop the central size×size: uint8 array (size, size, 3).
+    `path` may be an open binary file (an upload): its errors name it by its `name` attribute."""
     # SPEC §3 (paper §2): rescale the shorter side to 256, then crop out the central 256×256 patch.
-    im, (w, h) = _decode(Path(path), max_pixels, draft_side=size)
+    im, (w, h) = _decode(Path(path) if isinstance(path, str) else path, max_pixels, draft_side=size)
     rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     left, top = (rw - size) // 2, (rh - size) // 2
     # Resampling only the crop's box computes exactly the crop's pixels of the whole resized image.
@@ -309,14 +312,17 @@ def preprocess(path: str | Path, size: int = 256, max_pixels: int = MAX_PIXELS) 
     return np.array(im.resize((size, size), RESAMPLE, box=box))
 
 
-def _decode(path: Path, max_pixels: int, draft_side: int | None = None) -> tuple[Image.Image, tuple[float, float]]:
-    """An RGB image and the whole picture's size in its pixels; a JPEG decodes at 1/2, 1/4 or 1/8 scale
-    (draft mode) where its shorter side stays at least `draft_side`, which is much faster for large photos."""
+def _decode(source: Path | BinaryIO, max_pixels: int,
+            draft_side: int | None = None) -> tuple[Image.Image, tuple[float, float]]:
+    """An RGB image and the whole picture's size in its pixels, from a file or an open binary file; a JPEG
+    decodes at 1/2, 1/4 or 1/8 scale (draft mode) where its shorter side stays at least `draft_side`, which is
+    much faster for large photos."""
+    path = source if isinstance(source, Path) else getattr(source, "name", "image")
     try:
-        f = path.open("rb")
+        opened = source.open("rb") if isinstance(source, Path) else contextlib.nullcontext(source)
     except OSError as err:
         raise BadImageError(path, "unreadable") from err
-    with f:
+    with opened as f:
         try:
             with warnings.catch_warnings():  # PIL warns above its own limit; `max_pixels` decides instead
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -1,0 +1,258 @@
+"""`alexnet serve`: the paper's Figure 4 (§6.1) as a web page and a JSON API, on FastAPI and uvicorn.
+
+    GET  /                 the page (assets/serve.html, self-contained): choose or drop a photo, see its top-5 bars
+                           and, with a features folder, its nearest training images
+    POST /predict          an image, as the multipart field "image" or as the raw body (image/*): its top-5 classes
+                           with probabilities (?crops=10: the ten patches of §4.1, the default; ?crops=1: the
+                           centre patch) and, with a features folder, its ?k=6 nearest images by fc7 distance
+    GET  /neighbors/{row}  the centre crop of row `row` of the features folder, as JPEG (its own files only)
+    GET  /health, /info    liveness and the queue; the network, its classes and its measured error
+    GET  /docs             the OpenAPI page (/openapi.json)
+
+Requests that arrive together are decoded in threads and run as one batch (batching.Batcher) in a thread of
+its own. Every bad request is answered with a 4xx status and {"error": "one line"}, and the server goes on.
+"""
+
+import contextlib
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .batching import Batcher, BusyError
+from .data.folders import BadImageError, preprocess
+from .draw import center
+from .evaluate import probabilities, top5, top5_records
+from .features import Features, fc7
+from .inference import Network, load_network
+from .neighbours import nearest, neighbour_records, open_features
+
+MAX_BYTES = 20 * 2**20  # the largest request body: 20 MiB
+FIELD = "image"  # the multipart field of the photo
+RAW_TYPES = ("image/", "application/octet-stream")  # content types of a raw image body
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One decoded photo and what is asked of it."""
+
+    pixels: np.ndarray  # uint8 (256, 256, 3), after the preprocessing of §2
+    crops: int  # 1 or 10
+    k: int  # neighbours, with a features folder
+
+
+class Predictor:
+    """The network, and a features folder if given, behind the server: batches of decoded photos in, JSON-ready
+    answers out (in the batcher's thread)."""
+
+    def __init__(self, net: Network, features: Features | None = None):
+        self.net, self.features = net, features
+
+    def run(self, jobs: list[Job]) -> list[dict]:
+        """Top-5 classes of each photo, and its k nearest rows of the features folder (one pass for the batch)."""
+        pixels = torch.from_numpy(np.stack([job.pixels for job in jobs]))
+        answers: list[dict] = [{} for _ in jobs]
+        for crops in sorted({job.crops for job in jobs}):
+            mine = [i for i, job in enumerate(jobs) if job.crops == crops]
+            probs = probabilities([self.net], pixels[mine], crops).cpu()
+            for i, top in zip(mine, top5(probs, self.net.names), strict=True):
+                answers[i] = {"crops": crops, "top5": top5_records(top)}
+        f = self.features
+        if f is not None:
+            distances, rows = nearest(f.features, fc7(self.net, pixels, f.meta["crop"]), max(j.k for j in jobs),
+                                      skip=f.bad)
+            for answer, job, d, r in zip(answers, jobs, distances, rows, strict=True):
+                answer["neighbors"] = [{**n, "image": f"/neighbors/{n['row']}"}
+                                       for n in neighbour_records(f, d[:job.k], r[:job.k])]
+        return answers
+
+    def thumbnail(self, row: int) -> bytes | None:
+        """The centre crop of a features row as JPEG; None for a row that is not there or cannot be read."""
+        f = self.features
+        image = f.image(row) if f is not None and 0 <= row < len(f) else None
+        if image is None:
+            return None
+        out = io.BytesIO()
+        Image.fromarray(center(image, f.meta["crop"])).save(out, "JPEG", quality=90)
+        return out.getvalue()
+
+    def info(self) -> dict:
+        """The network, its classes and its measured validation error, and the features folder."""
+        info, f = self.net.info, self.features
+        return {"checkpoint": info["path"], "arch": info["arch"], "crop": self.net.crop,
+                "device": str(self.net.device), "precision": self.net.precision, "epoch": info.get("epoch"),
+                "validation": validation(info), "classes": [{"wnid": wnid, "name": name} for wnid, name in
+                                                            zip(self.net.classes, self.net.names, strict=True)],
+                "features": None if f is None else {"path": str(f.path), "split": f.meta["split"], "images": len(f)}}
+
+
+def validation(info: dict) -> dict | None:
+    """A checkpoint's validation error (centre crop) at its epoch: from metrics.jsonl beside it where the run
+    folder has one, else the best top-1 error it records; None for a network never validated."""
+    metrics = Path(info["path"]).with_name("metrics.jsonl")
+    if metrics.is_file():
+        for row in map(json.loads, metrics.read_text().splitlines()):
+            if row["epoch"] == info.get("epoch"):
+                return {"top1_error": row["val_top1"], "top5_error": row["val_top5"], "images": row["val_images"]}
+    best = info.get("best", math.inf)
+    return {"top1_error": best} if math.isfinite(best) else None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413, from its Content-Length before it is
+    read, or as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"error": self.message()}, 413)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, self.message())
+            return message
+
+        return await self.app(scope, limited, send)
+
+    def message(self) -> str:
+        """The one line of a 413."""
+        return f"the request is over the limit of {self.limit / 2**20:g} MiB"
+
+
+BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": [FIELD],
+                                       "properties": {FIELD: {"type": "string", "format": "binary"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}}}}
+ERRORS = {400: "not a usable image (empty, not an image, truncated, corrupt, too many pixels) or a bad form",
+          413: "the request body is over the size limit", 415: "a content type other than multipart or image/*",
+          422: "a missing field or a bad query option", 503: "the queue is full: try again shortly"}
+
+
+def make_app(predictor: Predictor, max_batch: int = 16, max_wait: float = 0.005, max_queue: int = 64,
+             max_bytes: int = MAX_BYTES) -> FastAPI:
+    """The web application of a predictor: requests batched by up to `max_batch` (waiting up to `max_wait`
+    seconds for more), at most `max_queue` waiting (then 503), bodies up to `max_bytes` (then 413)."""
+    batcher = Batcher(predictor.run, max_batch, max_wait, max_queue)
+    page = (resources.files("alexnet") / "assets" / "serve.html").read_text()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with batcher.running():
+            yield
+
+    app = FastAPI(title="alexnet serve", version=__version__, lifespan=lifespan,
+                  description="AlexNet's top-5 classes of a photo and its nearest training images in fc7 space "
+                              "(Krizhevsky et al. 2012, §6.1, Figure 4).")
+    app.add_middleware(BodyLimit, limit=max_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": err.detail}, err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_option(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}"
+                                                for e in err.errors())}, 422)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, err: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=err)
+        return JSONResponse({"error": "internal error (the server's log has the details)"}, 500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health", summary="Liveness, and the requests waiting for a batch")
+    async def health() -> dict:
+        return {"status": "ok", "queued": batcher.queued}
+
+    @app.get("/info", summary="The network, its classes and measured validation error, the server's settings")
+    async def info() -> dict:
+        return {**predictor.info(), "batching": {"max_batch": max_batch, "max_wait_s": max_wait,
+                                                 "max_queue": max_queue}, "max_bytes": max_bytes}
+
+    @app.post("/predict", summary="Top-5 classes of a photo, and its nearest training images",
+              openapi_extra={"requestBody": BODY}, responses={code: {"description": d} for code, d in ERRORS.items()})
+    async def predict(request: Request, crops: Annotated[int, Query(
+                          description="10: average over the ten patches of §4.1; 1: the centre patch",
+                          json_schema_extra={"enum": [1, 10]})] = 10,
+                      k: Annotated[int, Query(ge=1, le=100, description="neighbours (with a features folder)")] = 6
+                      ) -> dict:
+        if crops not in (1, 10):
+            raise HTTPException(422, f"crops: 1 (the centre patch) or 10 (the ten patches), not {crops}")
+        data, name = await _upload(request)
+        try:
+            pixels = await run_in_threadpool(preprocess, io.BytesIO(data))
+        except BadImageError as err:
+            raise HTTPException(400, f"{name} is not a usable image: {err.reason}") from None
+        try:
+            answer = await batcher.submit(Job(pixels, crops, k))
+        except BusyError as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
+        return {"image": name, **answer}
+
+    @app.get("/neighbors/{row}", summary="The centre crop of a row of the features folder, as JPEG",
+             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "none"}})
+    async def neighbour(row: int) -> Response:
+        jpeg = await run_in_threadpool(predictor.thumbnail, row)
+        if jpeg is None:
+            raise HTTPException(404, f"no readable image at row {row} of the features folder")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    return app
+
+
+async def _upload(request: Request) -> tuple[bytes, str]:
+    """The photo's bytes and a name for messages, from the multipart field or the raw body."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get(FIELD)
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(422, f"the form has no file field {FIELD!r}")
+            return await upload.read(), upload.filename or f"the field {FIELD!r}"
+    if kind.startswith(RAW_TYPES):
+        return await request.body(), "the request body"
+    raise HTTPException(415, f"content type {kind or '(none)'!r}: send multipart/form-data with the file field "
+                             f"{FIELD!r}, or the image itself as image/* or application/octet-stream")
+
+
+def serve(path: str, features: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          precision: str = "auto", max_batch: int = 16, max_wait: float = 0.005, max_queue: int = 64,
+          max_bytes: int = MAX_BYTES) -> None:
+    """`alexnet serve`: load the checkpoint (and the features folder, whose precision it then computes in) and
+    serve the page and the API at http://host:port/ until interrupted."""
+    import uvicorn
+
+    store, net = open_features(features, path, device) if features else (None, load_network(path, device, precision))
+    app = make_app(Predictor(net, store), max_batch, max_wait, max_queue, max_bytes)
+    print(f"serving {net.info['path']} ({net.info['arch']}, {len(net.classes)} classes, {net.device}, "
+          f"{net.precision}) at http://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
