@@ -49,6 +49,7 @@ def model_from(state: dict) -> nn.Module:
 
 
 def recipe_from(state: dict) -> Recipe:
-    """The training set's mean image and RGB principal components that the network was trained with."""
+    """The training set's mean image and RGB principal components that the network was trained with (and the
+    input scale of imported torchvision weights)."""
     r = state["recipe"]
-    return Recipe(r["mean"], r["eigval"], r["eigvec"])
+    return Recipe(r["mean"], r["eigval"], r["eigvec"], r.get("scale"))
