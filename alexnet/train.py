@@ -276,6 +276,8 @@ def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, Path]:
     checkpoint to continue from."""
     if cfg.resume:
         state = checkpoint.load(Path(cfg.resume) / "last.pt" if Path(cfg.resume).is_dir() else cfg.resume)
+        if "optimizer" not in state:  # a weights file, an import
+            raise InputError(f"{state['path']} holds a network's weights only; --resume takes a run's last.pt")
         run = resumed(cfg, saved_config(state))
         epochs, steps = fill_defaults(run).epochs, state["total_steps"]
         if epochs <= state["epoch"]:
