@@ -1,9 +1,10 @@
 """Weights in and out: export to safetensors, ONNX and torch.export with their metadata, torchvision's weights
-in and `owt` back out to torchvision."""
+in and `owt` back out to torchvision, and torch.hub."""
 
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -17,6 +18,7 @@ from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import DEFAULT_DATA, imagenet_classes, preprocess
+from alexnet.errors import InputError
 from alexnet.evaluate import evaluate_checkpoints, predict
 from alexnet.export import check, export, read_metadata
 from alexnet.features import extract_features
@@ -26,6 +28,7 @@ from alexnet.model import ARCHS, build_model
 from alexnet.neighbours import find_neighbours
 from alexnet.train import TrainConfig, Trainer, open_data
 
+ROOT = Path(__file__).resolve().parents[1]
 PHOTO = sorted((DEFAULT_DATA / "val").glob("*/*"))[0]
 
 
@@ -164,6 +167,19 @@ def test_torchvision_weights_come_in_with_its_preprocessing_and_go_back_out(torc
     meta = read_metadata(tmp_path / "tv.safetensors")["preprocessing"]
     assert (meta["resize_size"], meta["crop_size"], meta["mean_image"]) == (256, 224, False)
     assert meta["mean"] == pytest.approx(theirs.mean) and meta["std"] == pytest.approx(theirs.std)
+
+
+def test_torch_hub_loads_the_model_from_a_local_checkout(ckpts, tmp_path):
+    weights = tmp_path / "owt.safetensors"
+    export(ckpts["owt"], weights)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for path in (ckpts["owt"], weights):
+            model = torch.hub.load(str(ROOT), "alexnet", source="local", weights=str(path))
+            assert torch.equal(model(x), checkpoint.model_from(checkpoint.load(ckpts["owt"]))(x))
+    assert torch.hub.load(str(ROOT), "alexnet", source="local", arch="caffenet", num_classes=7).fc8.out_features == 7
+    with pytest.raises(InputError, match="holds a 'owt' network"):
+        torch.hub.load(str(ROOT), "alexnet", source="local", arch="paper", weights=str(weights))
 
 
 def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_weights, tmp_path, capsys):
