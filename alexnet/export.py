@@ -84,7 +84,7 @@ def _onnx_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
     return onnx_ir.to_proto(onnx.model).SerializeToString()
 
 
-def output_format(out: str | Path, fmt: str | None = None) -> str:
+def _format(out: str | Path, fmt: str | None = None) -> str:
     """`fmt`, or the format OUT's suffix names."""
     fmt = fmt or FORMATS.get(Path(out).suffix)
     if fmt not in FORMATS.values():
@@ -95,7 +95,7 @@ def output_format(out: str | Path, fmt: str | None = None) -> str:
 
 def export(ckpt: str | Path, out: str | Path, fmt: str | None = None) -> dict:
     """`alexnet export`: write a checkpoint's network to `out` in `fmt` (default: by OUT's suffix); its metadata."""
-    fmt, out = output_format(out, fmt), Path(out)
+    fmt, out = _format(out, fmt), Path(out)
     if not out.parent.is_dir():
         raise InputError(f"no folder {out.parent} to write {out.name} in")
     state = checkpoint.load(ckpt)
@@ -114,7 +114,7 @@ def export(ckpt: str | Path, out: str | Path, fmt: str | None = None) -> dict:
 
 def read_metadata(path: str | Path) -> dict:
     """The metadata of an exported file, by its suffix."""
-    path, fmt = Path(path), output_format(path)
+    path, fmt = Path(path), _format(path)
     if fmt == "safetensors":
         from safetensors import safe_open
 
@@ -149,7 +149,7 @@ class Agreement:
 def check(ckpt: str | Path, exported: str | Path) -> Agreement:
     """Run an exported file (onnxruntime for ONNX, torch.export.load for .pt2, the package for safetensors) and
     the checkpoint it came from (PyTorch, float32, CPU) on the built-in validation photos; compare their logits."""
-    fmt = output_format(exported)
+    fmt = _format(exported)
     net = network(checkpoint.load(ckpt), "cpu", "fp32")
     if fmt == "onnx":
         import onnxruntime

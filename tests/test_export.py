@@ -94,6 +94,8 @@ def test_safetensors_loads_back_strictly_with_identical_logits(ckpts, tmp_path):
     expected = {**{k: original[k] for k in checkpoint.WEIGHTS_INFO}, "lrn": "paper"}  # the formula by its name
     assert {k: loaded[k] for k in checkpoint.WEIGHTS_INFO} == expected
     assert meta["preprocessing"]["mean_image"] and meta["preprocessing"]["std"] == [pytest.approx(1 / 255)] * 3
+    agreement = check(ckpts["paper"], out)
+    assert (agreement.images, agreement.max_logit_diff, agreement.top5_same) == (200, 0.0, 200)
 
 
 def test_every_command_that_takes_a_checkpoint_takes_a_weights_file(ckpts, tmp_path_factory, tmp_path, capsys):
@@ -126,6 +128,8 @@ def test_a_torch_export_program_runs_without_the_package(ckpts, tmp_path):
     with torch.no_grad():
         expected = checkpoint.model_from(checkpoint.load(ckpts["caffenet"]))(x)
     assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
+    agreement = check(ckpts["caffenet"], out)  # in batches of 64 and a last one of 8
+    assert agreement.max_logit_diff < 1e-4 and agreement.top5_same == agreement.images == 200, agreement.line()
 
 
 @pytest.fixture(scope="module")
