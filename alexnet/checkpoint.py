@@ -1,7 +1,11 @@
-"""Checkpoints: written atomically, read with torch.load(weights_only=True), checked before use."""
+"""Checkpoints: written atomically, read with torch.load(weights_only=True), checked before use; and weights
+files (safetensors), which every command that takes a checkpoint reads the same way."""
 
+import base64
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -11,6 +15,11 @@ from .files import atomic_write
 from .model import build_model
 
 FORMAT = "alexnet-checkpoint-1"
+WEIGHTS_FORMAT = "alexnet-safetensors-1"
+WEIGHTS_SUFFIX = ".safetensors"
+# what a weights file's metadata must say of its checkpoint, beside the weights and the recipe: all that
+# inference needs
+WEIGHTS_INFO = ("arch", "lrn", "dropout", "crop", "classes", "names", "config", "measured")
 
 
 def save(path: Path, state: dict) -> None:
@@ -19,13 +28,15 @@ def save(path: Path, state: dict) -> None:
 
 
 def load(path: str | Path) -> dict:
-    """Read a checkpoint (a run folder: its best.pt, else its last.pt); a missing, truncated or foreign file
-    raises ValueError or FileNotFoundError with a one-line reason."""
+    """Read a checkpoint (a run folder: its best.pt, else its last.pt) or a weights file (.safetensors, see
+    save_weights); a missing, truncated or foreign file raises InputError with a one-line reason."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
+    if path.suffix == WEIGHTS_SUFFIX:
+        return _load_weights(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, a pickle with arbitrary objects
@@ -49,6 +60,46 @@ def model_from(state: dict) -> nn.Module:
 
 
 def recipe_from(state: dict) -> Recipe:
-    """The training set's mean image and RGB principal components that the network was trained with."""
+    """The training set's mean image and RGB principal components that the network was trained with (and the
+    input scale of imported torchvision weights)."""
     r = state["recipe"]
-    return Recipe(r["mean"], r["eigval"], r["eigvec"])
+    return Recipe(r["mean"], r["eigval"], r["eigvec"], r.get("scale"))
+
+
+def save_weights(path: str | Path, state: dict, metadata: dict) -> None:
+    """Write a checkpoint's network as safetensors: the state dict under its own keys (so that build_model, and
+    torchvision for `owt`, load it with strict=True), and in the header the recipe and `metadata` (JSON, with
+    the checkpoint's WEIGHTS_INFO), so that it loads back as the checkpoint it came from, for inference."""
+    from safetensors.torch import save
+
+    r = state["recipe"]
+    mean = r["mean"].float().contiguous().numpy()
+    recipe = {"mean": base64.b64encode(mean.astype("<f4").tobytes()).decode(), "mean_shape": list(mean.shape),
+              "eigval": r["eigval"].tolist(), "eigvec": r["eigvec"].tolist(),
+              "scale": None if r.get("scale") is None else r["scale"].tolist()}
+    header = {"format": WEIGHTS_FORMAT, "recipe": json.dumps(recipe), "metadata": json.dumps(metadata)}
+    tensors = {k: v.contiguous() for k, v in state["model"].items()}
+    atomic_write(path, lambda f: f.write(save(tensors, header)))
+
+
+def _load_weights(path: Path) -> dict:
+    """A weights file (save_weights) as the checkpoint it was written from."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            header, model = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as err:  # truncated, not safetensors
+        raise InputError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:120]})") from None
+    if header.get("format") != WEIGHTS_FORMAT:
+        raise InputError(f"{path} is not an alexnet weights file (a state dict of torchvision's? see "
+                         "`alexnet import-torchvision`)")
+    r = json.loads(header["recipe"])
+    mean = np.frombuffer(base64.b64decode(r["mean"]), "<f4").reshape(r["mean_shape"])
+    recipe = {"mean": torch.from_numpy(mean.copy()), "eigval": torch.tensor(r["eigval"]),
+              "eigvec": torch.tensor(r["eigvec"])}
+    if r["scale"] is not None:
+        recipe["scale"] = torch.tensor(r["scale"])
+    metadata = json.loads(header["metadata"])
+    return {"format": FORMAT, **{k: metadata[k] for k in WEIGHTS_INFO}, "model": model, "recipe": recipe,
+            "path": str(path)}

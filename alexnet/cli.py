@@ -147,6 +147,24 @@ def _serve(args: argparse.Namespace) -> None:
           args.max_wait / 1000, args.queue, int(args.max_mb * 2**20))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import check, export
+
+    meta = export(args.checkpoint, args.out, args.format)
+    print(f"wrote {args.out}: {meta['arch']!r}, {len(meta['classes'])} classes, {meta['num_params']:,} parameters, "
+          f"{meta['multiply_adds']:,} multiply-adds an image")
+    if args.check:
+        print(check(args.checkpoint, args.out).line())
+
+
+def _import_torchvision(args: argparse.Namespace) -> None:
+    from .export import import_torchvision
+
+    info = import_torchvision(args.weights, args.out)
+    print(f"wrote {args.out}: torchvision's {info['arch']!r} with ImageNet's {len(info['classes'])} classes; next: "
+          f"alexnet predict {args.out} IMAGE.jpg")
+
+
 def _experiment(args: argparse.Namespace) -> None:
     from .experiments import ExperimentConfig, run_experiment
     from .options import from_args
@@ -312,6 +330,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-mb", type=checked(float, RATE), default=MAX_BYTES / 2**20,
                    help="largest request body in MiB; beyond, 413")
     p.set_defaults(run=_serve)
+
+    from .export import FORMATS
+
+    p = commands.add_parser("export", formatter_class=fmt, help="a checkpoint as safetensors, ONNX or torch.export",
+                            description="Write a checkpoint's network with its metadata (architecture, LRN formula, "
+                                        "parameters, multiply-adds, classes, preprocessing, the accuracy measured): "
+                                        "safetensors (which every command taking a checkpoint takes), ONNX with a "
+                                        "dynamic batch dimension, or a torch.export program (.pt2, loadable "
+                                        "without this package).")
+    p.add_argument("checkpoint", help="a checkpoint file, run folder or weights file")
+    p.add_argument("out", help=f"file to write; its suffix names the format ({', '.join(FORMATS)})")
+    p.add_argument("--format", choices=tuple(FORMATS.values()), default=None,
+                   help="the format (default: by OUT's suffix)")
+    p.add_argument("--check", action="store_true",
+                   help="then run the file (ONNX: with onnxruntime) and the checkpoint on the built-in validation "
+                        "photos, and print the largest logit difference and the top-5 agreement")
+    p.set_defaults(run=_export)
+
+    p = commands.add_parser("import-torchvision", formatter_class=fmt, help="torchvision's alexnet weights as a "
+                            "checkpoint", description="Make a checkpoint of a torchvision.models.alexnet() state "
+                                                      "dict (such as torchvision's alexnet-owt-7be5be79.pth): the "
+                                                      "'owt' network with ImageNet's 1000 class names and "
+                                                      "torchvision's preprocessing (shorter side 256, centre crop "
+                                                      "224, its mean and std), for eval, predict, features, "
+                                                      "neighbors and export.")
+    p.add_argument("weights", help="a .pth file holding torchvision alexnet()'s state dict")
+    p.add_argument("out", help="checkpoint file to write (.pt)")
+    p.set_defaults(run=_import_torchvision)
+
     from .experiments import EXPERIMENTS, ExperimentConfig
 
     p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's small-scale CIFAR-10 experiments",

@@ -94,7 +94,8 @@ class LRN(nn.Module):
         if self.mode == "none":
             return F.relu(x) if self.relu else x
         alpha, k = FORMULAS[self.mode]
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and cpu_kernel() is not None:
+        if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.compiler.is_exporting()
+                and cpu_kernel() is not None):  # torch.export (and ONNX through it) sees the formula's plain ops
             return _KernelLRN.apply(x, alpha, k, self.towers, self.relu)
         return local_response_norm(F.relu(x) if self.relu else x, alpha, k, self.towers)
 

@@ -276,6 +276,8 @@ def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, Path]:
     checkpoint to continue from."""
     if cfg.resume:
         state = checkpoint.load(Path(cfg.resume) / "last.pt" if Path(cfg.resume).is_dir() else cfg.resume)
+        if "optimizer" not in state:  # a weights file, an import
+            raise InputError(f"{state['path']} holds a network's weights only; --resume takes a run's last.pt")
         run = resumed(cfg, saved_config(state))
         epochs, steps = fill_defaults(run).epochs, state["total_steps"]
         if epochs <= state["epoch"]:
@@ -349,6 +351,7 @@ class Trainer:
         self.model.layers()["fc7"].register_forward_hook(self._count_alive)
         self.started = time.monotonic() if started is None else started  # the clock of --minutes
         self.planned = cfg.minutes is None  # whether the number of epochs is final (see plan)
+        self.measured: dict | None = None  # the validation errors of the weights as they are (see snapshot)
 
     def _seconds(self, precision: str) -> float:
         """Seconds of one training step of a copy of the network (a batch of random images, at most PROBE_BATCH
@@ -380,7 +383,7 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step, self.total_steps, self.best = (state[k] for k in ("epoch", "step", "total_steps",
                                                                                     "best"))
-        self.sums, self.planned = state["sums"], state.get("planned", True)
+        self.sums, self.planned, self.measured = state["sums"], state.get("planned", True), state.get("measured")
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"][self.device.index % len(state["cuda_rng"])])
@@ -398,6 +401,7 @@ class Trainer:
                 "recipe": {"mean": r.mean, "eigval": r.eigval, "eigvec": r.eigvec},
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "epoch": self.epoch, "step": self.step, "total_steps": self.total_steps, "best": self.best,
+                "measured": self.measured,
                 "sums": list(self.sums), "planned": self.planned, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
 
@@ -452,6 +456,7 @@ class Trainer:
         self.last_save = time.monotonic()
         try:
             while not self.done():
+                self.measured = None  # the weights change
                 started, first = time.monotonic(), self.sums[0]
                 lr = self.train_epoch(net)
                 if self.step < len(data.train):  # stopped by --max-steps within the epoch
@@ -468,6 +473,8 @@ class Trainer:
                        "val_top5": val.top5, "val_images": val.count, "lr": lr,
                        "images_per_s": (images - first) / seconds, "seconds": seconds}
                 improved, self.best = val.top1 < self.best, min(self.best, val.top1)
+                self.measured = {"data": describe(cfg.data), "split": "val", "crops": 1, "images": val.count,
+                                 "top1_error": val.top1, "top5_error": val.top5}
                 self.epoch, self.step, self.sums = self.epoch + 1, 0, [0, 0.0, 0.0]
                 self.save(best=improved)
                 folder.log_epoch(row)

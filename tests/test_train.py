@@ -63,6 +63,9 @@ def test_a_few_steps_on_real_photos_lower_the_loss(store, tmp_path):
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 7
     state = torch.load(run_dir / "last.pt", weights_only=True)  # nothing unpickled as arbitrary objects
     assert state["epoch"] == 6 and state["arch"] == "paper" and len(state["classes"]) == 4
+    # the errors measured on these weights, the last epoch's: what an export records as the run's accuracy
+    last = {"top1_error": rows[-1]["val_top1"], "top5_error": rows[-1]["val_top5"], "images": rows[-1]["val_images"]}
+    assert {k: state["measured"][k] for k in last} == last and state["measured"]["data"] == f"store {store}"
 
 
 def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path):

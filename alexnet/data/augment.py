@@ -22,7 +22,8 @@ def _windows(images: torch.Tensor, crop: int) -> torch.Tensor:
 def crop_batch(images: torch.Tensor, recipe: Recipe, crop: int, top: torch.Tensor, left: torch.Tensor,
                flip: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Image b's crop×crop window at (top[b], left[b]), mirrored where flip[b], plus shift[b] (an RGB
-    offset), minus the mean image at the same pixels (§2): float32 (B, 3, crop, crop), channels-last."""
+    offset), minus the mean image at the same pixels (§2), times the recipe's scale where it has one:
+    float32 (B, 3, crop, crop), channels-last."""
     kernels = cpu_kernels() if images.device.type == "cpu" else None
     if kernels is not None:  # one fused pass (csrc/augment.cpp)
         patches = kernels.crop_normalize(images.contiguous(), recipe.mean, top, left, flip, shift, crop)
@@ -31,6 +32,8 @@ def crop_batch(images: torch.Tensor, recipe: Recipe, crop: int, top: torch.Tenso
         mean = _windows(recipe.mean[None], crop)[0][top, left] - shift[:, None, None, :]
         patches = _windows(images.contiguous(), crop)[index, top, left] - mean
         patches = torch.where(flip[:, None, None, None], patches.flip(2), patches)  # no mask: no GPU sync
+    if recipe.scale is not None:  # torchvision's normalization: (pixels - 255 mean) / (255 std)
+        patches = patches * recipe.scale
     return patches.permute(0, 3, 1, 2)
 
 

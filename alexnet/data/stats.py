@@ -14,15 +14,19 @@ CHUNK_PIXELS = 1 << 22  # pixels summed at once without the kernel: 96 MiB of fl
 class Recipe:
     """The training-set statistics the recipe needs: the mean image and the RGB principal components."""
 
-    def __init__(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor,
+                 scale: torch.Tensor | None = None):
         self.mean = mean.float()  # (256, 256, 3), pixel values 0..255
         # on the CPU always, where the random draws are made
         self.eigval = eigval.float().cpu()  # (3,) eigenvalues of the covariance of RGB values on the [0, 1] scale
         self.eigvec = eigvec.float().cpu()  # (3, 3), column i is the eigenvector of eigval[i]
+        # (3,) RGB factors applied after the mean is subtracted, beside the mean image: 1 / (255 std) for
+        # torchvision's weights (export.import_torchvision); None for the paper's raw pixels minus the mean
+        self.scale = None if scale is None else scale.float().to(self.mean.device)
 
     def to(self, device: torch.device | str) -> "Recipe":
-        """The same statistics with the mean image on another device."""
-        return Recipe(self.mean.to(device), self.eigval, self.eigvec)
+        """The same statistics with the mean image (and the scale) on another device."""
+        return Recipe(self.mean.to(device), self.eigval, self.eigvec, self.scale)
 
 
 def rgb_pca(pixel_sum: np.ndarray, pixel_outer: np.ndarray, pixels: int) -> dict[str, np.ndarray]:

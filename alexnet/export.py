@@ -1,0 +1,198 @@
+"""Weights in and out: a checkpoint's network as safetensors, ONNX or a torch.export program, each carrying
+its metadata as torchvision's weights enums do; torchvision's alexnet() weights in as a checkpoint.
+
+    safetensors  the state dict under the model's own keys, the recipe and the metadata in its header;
+                 every command that takes a checkpoint takes it (checkpoint.load)
+    onnx         the eval-mode graph, LRN as plain operators, a dynamic batch dimension ("images" → "logits")
+    pt2          the same graph as a torch.export program: torch.export.load needs no alexnet package
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__, checkpoint
+from .data.augment import center_crop
+from .data.folders import imagenet_classes
+from .data.loader import Loader
+from .data.sources import data_root, open_split
+from .errors import InputError
+from .files import atomic_write
+from .inference import network
+from .lrn import BETA, FORMULAS, LRN, SIZE
+from .summary import layer_table
+
+FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2"}  # each format's suffix
+METADATA = "alexnet.json"  # the metadata's key in an ONNX file's metadata_props and a .pt2's extra files
+INPUT, OUTPUT = "images", "logits"
+# torchvision's preprocessing of its ImageNet weights (AlexNet_Weights.IMAGENET1K_V1.transforms()):
+# shorter side to 256, centre crop 224, then (pixels / 255 - mean) / std
+TORCHVISION_CROP, TORCHVISION_MEAN, TORCHVISION_STD = 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CHECK_BATCH = 64  # images per batch of `check`: the built-in photos' 200 end in a short batch (dynamic batch)
+
+
+def _lrn(model: nn.Module) -> dict | None:
+    """The LRN formula a network computes, and the attributes of ONNX's LRN operator that compute the same."""
+    lrn = next((m for m in model.modules() if isinstance(m, LRN) and m.mode != "none"), None)
+    if lrn is None:
+        return None
+    alpha, k = FORMULAS[lrn.mode]
+    return {"formula": lrn.mode, "expression": "b[i] = a[i] / (k + alpha * sum_{j=i-size/2}^{i+size/2} a[j]^2)^beta, "
+                                               "over the channels of each of `towers` groups",
+            "size": SIZE, "alpha": alpha, "beta": BETA, "k": k, "towers": lrn.towers,
+            # ONNX's LRN divides its alpha by size; it spans all channels, so one per tower
+            "onnx_lrn": {"size": SIZE, "alpha": alpha * SIZE, "beta": BETA, "bias": k}}
+
+
+def metadata(state: dict, model: nn.Module) -> dict:
+    """What an exported network says about itself, as torchvision's weights enums do (their meta and transforms):
+    architecture, LRN formula, parameters, multiply-adds, classes, preprocessing, the accuracy measured."""
+    rows = layer_table(model, state["crop"])
+    r = checkpoint.recipe_from(state)
+    lrn = _lrn(model)
+    std = torch.full((3,), 1 / 255) if r.scale is None else 1 / (255 * r.scale)
+    preprocessing = {
+        "resize_size": r.mean.shape[0], "crop_size": state["crop"], "interpolation": "bilinear, antialiased",
+        "mean": (r.mean.mean((0, 1)) / 255).tolist(), "std": std.tolist(),
+        "input": f"float32 (N, 3, {state['crop']}, {state['crop']}), RGB: the shorter side resized to resize_size, "
+                 "the central crop_size square, then (pixels / 255 - mean) / std",
+        # the paper subtracts a mean image (§2), which `mean` averages; a weights file carries the image itself
+        "mean_image": bool((r.mean != r.mean[:1, :1]).any())}
+    return {"arch": state["arch"], "lrn": lrn["formula"] if lrn else "none", "lrn_formula": lrn,
+            "dropout": state["dropout"], "crop": state["crop"], "num_params": sum(row.params for row in rows),
+            "multiply_adds": sum(row.macs for row in rows), "classes": state["classes"], "names": state["names"],
+            "preprocessing": preprocessing, "measured": state.get("measured"), "config": state.get("config"),
+            "exported_by": f"alexnet {__version__}"}
+
+
+def _program(model: nn.Module, crop: int) -> torch.export.ExportedProgram:
+    """The eval-mode network traced by torch.export, with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch")
+    return torch.export.export(model.eval(), (torch.zeros(2, 3, crop, crop),), dynamic_shapes=({0: batch},))
+
+
+def _onnx_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
+    """The program as one ONNX file (weights inside), with the metadata in its metadata_props."""
+    import onnx_ir
+
+    onnx = torch.onnx.export(program, dynamo=True, input_names=[INPUT], output_names=[OUTPUT], verbose=False)
+    onnx.model.metadata_props[METADATA] = json.dumps(meta)
+    return onnx_ir.to_proto(onnx.model).SerializeToString()
+
+
+def _format(out: str | Path, fmt: str | None = None) -> str:
+    """`fmt`, or the format OUT's suffix names."""
+    fmt = fmt or FORMATS.get(Path(out).suffix)
+    if fmt not in FORMATS.values():
+        raise InputError(f"{out}: name the format (--format {'|'.join(FORMATS.values())}) or use a suffix of "
+                         f"{', '.join(FORMATS)}")
+    return fmt
+
+
+def export(ckpt: str | Path, out: str | Path, fmt: str | None = None) -> dict:
+    """`alexnet export`: write a checkpoint's network to `out` in `fmt` (default: by OUT's suffix); its metadata."""
+    fmt, out = _format(out, fmt), Path(out)
+    if not out.parent.is_dir():
+        raise InputError(f"no folder {out.parent} to write {out.name} in")
+    state = checkpoint.load(ckpt)
+    model = checkpoint.model_from(state)
+    meta = metadata(state, model)
+    if fmt == "safetensors":
+        checkpoint.save_weights(out, state, meta)
+    elif fmt == "onnx":
+        data = _onnx_bytes(_program(model, state["crop"]), meta)
+        atomic_write(out, lambda f: f.write(data))
+    else:
+        program = _program(model, state["crop"])
+        atomic_write(out, lambda f: torch.export.save(program, f, extra_files={METADATA: json.dumps(meta)}))
+    return meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata of an exported file, by its suffix."""
+    path, fmt = Path(path), _format(path)
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            return json.loads(f.metadata()["metadata"])
+    if fmt == "onnx":
+        import onnx
+
+        props = onnx.load(str(path), load_external_data=False).metadata_props
+        return json.loads(next(p.value for p in props if p.key == METADATA))
+    extra = {METADATA: ""}
+    torch.export.load(path, extra_files=extra)
+    return json.loads(extra[METADATA])
+
+
+@dataclass
+class Agreement:
+    """How an exported file's logits compare with PyTorch's on the same images."""
+
+    runtime: str
+    images: int
+    max_logit_diff: float
+    top5_same: int  # images whose five highest logits name the same classes in the same order
+
+    def line(self) -> str:
+        """One line for people."""
+        return (f"{self.runtime} against PyTorch on {self.images} built-in validation photos: largest logit "
+                f"difference {self.max_logit_diff:.2g}, the same top-5 classes in the same order for "
+                f"{self.top5_same}/{self.images}")
+
+
+def check(ckpt: str | Path, exported: str | Path) -> Agreement:
+    """Run an exported file (onnxruntime for ONNX, torch.export.load for .pt2, the package for safetensors) and
+    the checkpoint it came from (PyTorch, float32, CPU) on the built-in validation photos; compare their logits."""
+    fmt = _format(exported)
+    net = network(checkpoint.load(ckpt), "cpu", "fp32")
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+        runtime, run = f"onnxruntime {onnxruntime.__version__}", lambda x: torch.from_numpy(
+            session.run([OUTPUT], {INPUT: x.contiguous().numpy()})[0])
+    elif fmt == "pt2":
+        runtime, run = "torch.export.load", torch.export.load(exported).module()
+    else:
+        runtime, run = "the weights file", network(checkpoint.load(exported), "cpu", "fp32").model
+    images = diff = same = 0
+    with torch.no_grad():
+        for pixels, *_ in Loader(open_split(data_root(None), "val"), CHECK_BATCH, shuffle=False).epoch(0):
+            x = center_crop(pixels, net.recipe, net.crop)
+            ours, theirs = net.model(x), run(x)
+            images, diff = images + len(x), max(diff, float((ours - theirs).abs().max()))
+            same += int((ours.topk(5).indices == theirs.topk(5).indices).all(1).sum())
+    return Agreement(runtime, images, diff, same)
+
+
+def import_torchvision(weights: str | Path, out: str | Path) -> dict:
+    """`alexnet import-torchvision`: torchvision's alexnet() state dict (a .pth) as an `owt` checkpoint with
+    ImageNet's class names and torchvision's preprocessing; the checkpoint without its weights."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise InputError(f"no weights file at {weights}")
+    try:
+        model = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(f"{weights} is not a readable PyTorch file ({type(err).__name__})") from None
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise InputError(f"{weights} is not a state dict (a dict of tensors), as torchvision's weights files are")
+    classes = imagenet_classes()
+    mean = torch.tensor(TORCHVISION_MEAN) * 255
+    info = {"arch": "owt", "lrn": None, "dropout": 0.5, "crop": TORCHVISION_CROP, "classes": list(classes),
+            "names": list(classes.values()), "measured": None,
+            "config": {"imported": "torchvision", "weights": weights.name,
+                       "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}}
+    # torchvision publishes no RGB principal components: no lighting noise (§4.1) should these weights train on
+    recipe = {"mean": mean.expand(256, 256, 3).clone(), "eigval": torch.zeros(3), "eigvec": torch.eye(3),
+              "scale": 1 / (255 * torch.tensor(TORCHVISION_STD))}
+    state = {**info, "model": model, "recipe": recipe}
+    checkpoint.model_from({**state, "path": str(weights)})  # raises InputError where the weights do not fit
+    checkpoint.save(out, state)
+    return info

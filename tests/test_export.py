@@ -1,0 +1,204 @@
+"""Weights in and out: export to safetensors, ONNX and torch.export with their metadata, torchvision's weights
+in and `owt` back out to torchvision, and torch.hub."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torchvision
+from conftest import photo_store
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from alexnet import checkpoint
+from alexnet.cli import main
+from alexnet.data.augment import center_crop
+from alexnet.data.folders import DEFAULT_DATA, imagenet_classes, preprocess
+from alexnet.errors import InputError
+from alexnet.evaluate import evaluate_checkpoints, predict
+from alexnet.export import check, export, read_metadata
+from alexnet.features import extract_features
+from alexnet.inference import load_network
+from alexnet.lrn import FORMULAS
+from alexnet.model import ARCHS, build_model
+from alexnet.neighbours import find_neighbours
+from alexnet.train import TrainConfig, Trainer, open_data
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = sorted((DEFAULT_DATA / "val").glob("*/*"))[0]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """A checkpoint of every variant on the built-in photos' 10 classes: one real snapshot, its weights
+    swapped for each architecture's own, with the errors measured recorded as a run records them."""
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg = TrainConfig(data=None, epochs=1, progress=False)
+    snapshot = Trainer(cfg, open_data(cfg), out).snapshot()
+    snapshot["measured"] = {"data": "the built-in photos", "split": "val", "crops": 1, "images": 200,
+                            "top1_error": 0.5, "top5_error": 0.25}
+    paths = {}
+    for arch in ARCHS:
+        model = build_model(arch, len(snapshot["classes"]))
+        paths[arch] = out / f"{arch}.pt"
+        checkpoint.save(paths[arch], {**snapshot, "arch": arch, "lrn": None, "model": model.state_dict()})
+    yield paths
+    shutil.rmtree(out)  # about 1 GB: freed when the module is done
+
+
+def one_line_error(capsys, argv: list[str], fragment: str) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnx_of_every_variant_agrees_with_pytorch(ckpts, arch, tmp_path):
+    out = tmp_path / f"{arch}.onnx"
+    meta = export(ckpts[arch], out)
+    agreement = check(ckpts[arch], out)  # in batches of 64: the last of the 200 photos' is a batch of 8
+    assert agreement.images == 200
+    assert agreement.max_logit_diff < 1e-4 and agreement.top5_same == 200, agreement.line()
+    graph = onnx.load(str(out)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch dimension
+    model = checkpoint.model_from(checkpoint.load(ckpts[arch]))
+    assert read_metadata(out) == meta
+    assert meta["arch"] == arch and meta["num_params"] == sum(p.numel() for p in model.parameters())
+    assert meta["measured"]["top5_error"] == 0.25 and meta["names"][0] == "tench" and len(meta["classes"]) == 10
+    if arch == "owt":
+        assert meta["lrn"] == "none" and meta["lrn_formula"] is None
+    else:
+        formula = meta["lrn_formula"]
+        assert (formula["alpha"], formula["k"]) == FORMULAS[meta["lrn"]]
+        assert formula["towers"] == (2 if arch == "paper" else 1)
+        assert formula["onnx_lrn"]["alpha"] == pytest.approx(5 * formula["alpha"])
+
+
+def test_safetensors_loads_back_strictly_with_identical_logits(ckpts, tmp_path):
+    out = tmp_path / "paper.safetensors"
+    meta = export(ckpts["paper"], out)
+    model = build_model(meta["arch"], len(meta["classes"]), lrn=meta["lrn"])
+    model.load_state_dict(load_file(out), strict=True)
+    original, loaded = checkpoint.load(ckpts["paper"]), checkpoint.load(out)
+    x = center_crop(torch.from_numpy(preprocess(PHOTO))[None], checkpoint.recipe_from(original), original["crop"])
+    with torch.no_grad():
+        logits = checkpoint.model_from(original)(x)
+        assert torch.equal(model.eval()(x), logits) and torch.equal(checkpoint.model_from(loaded)(x), logits)
+    assert torch.equal(loaded["recipe"]["mean"], original["recipe"]["mean"])  # the mean image itself
+    expected = {**{k: original[k] for k in checkpoint.WEIGHTS_INFO}, "lrn": "paper"}  # the formula by its name
+    assert {k: loaded[k] for k in checkpoint.WEIGHTS_INFO} == expected
+    assert meta["preprocessing"]["mean_image"] and meta["preprocessing"]["std"] == [pytest.approx(1 / 255)] * 3
+    agreement = check(ckpts["paper"], out)
+    assert (agreement.images, agreement.max_logit_diff, agreement.top5_same) == (200, 0.0, 200)
+
+
+def test_every_command_that_takes_a_checkpoint_takes_a_weights_file(ckpts, tmp_path_factory, tmp_path, capsys):
+    weights = tmp_path / "owt.safetensors"
+    main(["export", str(ckpts["owt"]), str(weights)])
+    assert "wrote" in capsys.readouterr().out
+    pt, sf = str(ckpts["owt"]), str(weights)
+    by_pt, by_sf = (predict(p, [str(PHOTO)], crops=1, device="cpu", precision="fp32").probs for p in (pt, sf))
+    assert torch.equal(by_pt, by_sf)
+    store = photo_store(tmp_path_factory, train=1, val=2)
+    assert evaluate_checkpoints([sf], None, progress=False, device="cpu", precision="fp32") == evaluate_checkpoints(
+        [pt], None, progress=False, device="cpu", precision="fp32")
+    features = extract_features(pt, str(store), tmp_path / "features", "val", precision="fp32", progress=False)
+    found = find_neighbours(sf, [str(PHOTO)], features, k=3)  # refused were the weights not the same
+    assert len(found.records()[0]["neighbors"]) == 3
+
+
+def test_a_torch_export_program_runs_without_the_package(ckpts, tmp_path):
+    out = tmp_path / "caffenet.pt2"
+    meta = export(ckpts["caffenet"], out)
+    assert read_metadata(out) == meta
+    x = torch.randn(3, 3, meta["crop"], meta["crop"], generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys; sys.modules['alexnet'] = None; import torch; "  # `import alexnet` fails from here on
+            f"program = torch.export.load({str(out)!r}).module(); "
+            f"torch.save(program(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    with torch.no_grad():
+        expected = checkpoint.model_from(checkpoint.load(ckpts["caffenet"]))(x)
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
+    agreement = check(ckpts["caffenet"], out)  # in batches of 64 and a last one of 8
+    assert agreement.max_logit_diff < 1e-4 and agreement.top5_same == agreement.images == 200, agreement.line()
+
+
+@pytest.fixture(scope="module")
+def torchvision_weights(tmp_path_factory):
+    """torchvision's alexnet() state dict as torchvision publishes it (a .pth), with weights made here."""
+    torch.manual_seed(0)
+    net = torchvision.models.alexnet()
+    with torch.no_grad():  # weights far from PyTorch's default init, so that the classes' logits differ
+        for p in net.parameters():
+            p.mul_(3)
+    path = tmp_path_factory.mktemp("tv") / "alexnet-owt-test.pth"
+    torch.save(net.state_dict(), path)
+    return path, net.eval()
+
+
+def test_torchvision_weights_come_in_with_its_preprocessing_and_go_back_out(torchvision_weights, tmp_path, capsys):
+    weights, net = torchvision_weights
+    main(["import-torchvision", str(weights), str(tmp_path / "tv.pt")])
+    assert "1000 classes" in capsys.readouterr().out
+    ours = load_network(str(tmp_path / "tv.pt"), "cpu", "fp32")
+    assert ours.names == list(imagenet_classes().values()) and ours.crop == 224
+    # the package's preprocessing of a photo against torchvision's own transforms
+    theirs = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.transforms()
+    photo = Image.open(PHOTO).convert("RGB").resize((500, 375))
+    photo.save(tmp_path / "photo.png")
+    x_ours = center_crop(torch.from_numpy(preprocess(tmp_path / "photo.png"))[None], ours.recipe, 224)
+    x_theirs = theirs(photo)[None]
+    assert (x_ours - x_theirs).abs().mean() < 0.01 and (x_ours - x_theirs).abs().max() < 0.1  # resampling apart
+    with torch.no_grad():
+        assert torch.allclose(ours.model(x_theirs), net(x_theirs), rtol=1e-4, atol=1e-3)  # channels-last apart
+        top = predict(str(tmp_path / "tv.pt"), [str(tmp_path / "photo.png")], crops=1, device="cpu",
+                      precision="fp32").top5()[0][1]
+        assert top[0][0] == ours.names[int(net(x_theirs).argmax())]
+    # and back: `owt` exported to safetensors is what torchvision.models.alexnet() loads with strict=True
+    main(["export", str(tmp_path / "tv.pt"), str(tmp_path / "tv.safetensors")])
+    back = torchvision.models.alexnet()
+    back.load_state_dict(load_file(tmp_path / "tv.safetensors"), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), net.state_dict().values(), strict=True))
+    meta = read_metadata(tmp_path / "tv.safetensors")["preprocessing"]
+    assert (meta["resize_size"], meta["crop_size"], meta["mean_image"]) == (256, 224, False)
+    assert meta["mean"] == pytest.approx(theirs.mean) and meta["std"] == pytest.approx(theirs.std)
+
+
+def test_torch_hub_loads_the_model_from_a_local_checkout(ckpts, tmp_path):
+    weights = tmp_path / "owt.safetensors"
+    export(ckpts["owt"], weights)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for path in (ckpts["owt"], weights):
+            model = torch.hub.load(str(ROOT), "alexnet", source="local", weights=str(path))
+            assert torch.equal(model(x), checkpoint.model_from(checkpoint.load(ckpts["owt"]))(x))
+    assert torch.hub.load(str(ROOT), "alexnet", source="local", arch="caffenet", num_classes=7).fc8.out_features == 7
+    with pytest.raises(InputError, match="holds a 'owt' network"):
+        torch.hub.load(str(ROOT), "alexnet", source="local", arch="paper", weights=str(weights))
+
+
+def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_weights, tmp_path, capsys):
+    one_line_error(capsys, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "a.onnx")], "no checkpoint at")
+    one_line_error(capsys, ["export", str(ckpts["owt"]), str(tmp_path / "a.bin")], "name the format")
+    one_line_error(capsys, ["export", str(ckpts["owt"]), str(tmp_path / "no" / "a.onnx")], "no folder")
+    (tmp_path / "fake.safetensors").write_bytes(b"not safetensors")
+    one_line_error(capsys, ["eval", str(tmp_path / "fake.safetensors")], "is not a readable safetensors file")
+    one_line_error(capsys, ["import-torchvision", str(ckpts["owt"]), str(tmp_path / "a.pt")], "is not a state dict")
+    weights, _ = torchvision_weights
+    bad = tmp_path / "ten.pth"
+    torch.save(torchvision.models.alexnet(num_classes=10).state_dict(), bad)
+    one_line_error(capsys, ["import-torchvision", str(bad), str(tmp_path / "a.pt")], "do not fit a 'owt' network")
+    save_file(torch.load(weights, weights_only=True), tmp_path / "plain.safetensors")  # torchvision's, as is
+    one_line_error(capsys, ["predict", str(tmp_path / "plain.safetensors"), str(PHOTO)], "not an alexnet weights file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.safetensors", "plain.safetensors", "ten.pth"]
+    main(["import-torchvision", str(weights), str(tmp_path / "tv.pt")])
+    one_line_error(capsys, ["train", "--resume", str(tmp_path / "tv.pt")], "holds a network's weights only")
