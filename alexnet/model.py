@@ -58,7 +58,7 @@ class AlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The convolutional part: 256×6×6 maps after conv5 and its pooling."""
-        x = self._relu_norm_pool(self.lrn1, self.conv1(_paper_input(x)))
+        x = self._relu_norm_pool(self.lrn1, self.conv1(paper_input(x)))
         x = self._relu_norm_pool(self.lrn2, self.conv2(x))
         x = F.relu(self.conv3(x), inplace=True)
         x = F.relu(self.conv4(x), inplace=True)
@@ -82,7 +82,7 @@ class AlexNet(nn.Module):
         return list(self.conv1.weight.detach().chunk(self.towers))
 
 
-def _paper_input(x: torch.Tensor) -> torch.Tensor:
+def paper_input(x: torch.Tensor) -> torch.Tensor:
     """Check the input; pad 224×224 right and bottom by 3, as cuda-convnet's rounding does (SPEC §1.1)."""
     if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) not in ((224, 224), (227, 227)):
         raise InputError(f"AlexNet expects images of shape (N, 3, 227, 227) or (N, 3, 224, 224), "
