@@ -34,10 +34,10 @@ class Pair:
     group: dist.ProcessGroup
     twins: dist.ProcessGroup
 
-    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The mean of `tensor` over the pair's two processes."""
-        dist.all_reduce(tensor, group=self.group)
-        return tensor / 2
+    def sum(self, tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> torch.Tensor:
+        """Sum (or another reduction) over the twins, which between them see every image of a batch once."""
+        dist.all_reduce(tensor, op, group=self.twins)
+        return tensor
 
     def first(self, tensor: torch.Tensor) -> torch.Tensor:
         """Tower 0's `tensor`, on both processes of the pair: for a decision that the two must take together."""
@@ -52,7 +52,7 @@ def place(arch: str, rank: int, world: int) -> Pair:
         raise InputError(f"--parallel towers splits the two-tower network (--arch paper), not {arch!r}")
     if world % 2:
         raise InputError(f"--parallel towers needs an even number of processes, a pair for each network "
-                         f"(torchrun --nproc_per_node 2 or more), got {world}")
+                         f"(torchrun --nproc_per_node 2 or more), got {world}; --parallel data: a network on each")
     pairs = [dist.new_group([2 * p, 2 * p + 1]) for p in range(world // 2)]
     twins = [dist.new_group(list(range(tower, world, 2))) for tower in (0, 1)]
     return Pair(rank % 2, rank // 2, world // 2, pairs[rank // 2], twins[rank % 2])
@@ -100,16 +100,14 @@ class _Gather(torch.autograd.Function):
 
 def _rows(layer: nn.Module, tower: int) -> nn.Module:
     """The tower's share of a layer (§3.2): its rows of the weight and bias, over the same inputs (for conv2, conv4
-    and conv5 its own tower's maps, as groups=2 has it; for the others all the maps or features)."""
+    and conv5 its own tower's maps, as groups=2 has it; for the others all the maps or features), copied in the
+    whole layer's memory format."""
     weight, bias = (p.detach().tensor_split(2)[tower] for p in (layer.weight, layer.bias))
     if isinstance(layer, nn.Conv2d):
-        part = nn.utils.skip_init(nn.Conv2d, weight.shape[1], len(weight), layer.kernel_size, layer.stride,
-                                  layer.padding, device=weight.device)
+        part = nn.Conv2d(weight.shape[1], len(weight), layer.kernel_size, layer.stride, layer.padding, device="meta")
     else:
-        part = nn.utils.skip_init(nn.Linear, weight.shape[1], len(weight), device=weight.device)
-    with torch.no_grad():
-        part.weight.copy_(weight)
-        part.bias.copy_(bias)
+        part = nn.Linear(weight.shape[1], len(weight), device="meta")
+    part.weight, part.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
     return part
 
 
