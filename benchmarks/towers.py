@@ -44,7 +44,7 @@ GATHERS = [f"{name} input, forward" for name in EXCHANGED] + ["logits, forward"]
 
 def counting(sent: collections.Counter, names: dict[int, str]):
     """A DDP communication hook that adds each bucket's bytes to `sent`, by layer, and all-reduces it."""
-    def hook(group: dist.ProcessGroup, bucket: dist.GradBucket) -> torch.futures.Future:
+    def hook(group: dist.ProcessGroup, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         for p in bucket.parameters():
             sent[f"{names[p.data_ptr()]} gradients, all-reduce"] += p.numel() * p.element_size()
         return default_hooks.allreduce_hook(group, bucket)
