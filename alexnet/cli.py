@@ -238,7 +238,9 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", formatter_class=fmt, help="train with the paper's recipe (the main job)",
                             description="Train AlexNet with the paper's recipe (§5): SGD with momentum 0.9 and "
                                         "weight decay 5e-4, batch 128, learning rate 0.01 divided by 10 when the "
-                                        "validation error stops improving. With no --data, on the built-in photos.",
+                                        "validation error stops improving. With no --data, on the built-in photos. "
+                                        "On several processes: torchrun --nproc_per_node N -m alexnet train ..., "
+                                        "with --parallel towers the paper's two towers on each pair (§3.2).",
                             epilog=resume_rules(TrainConfig))
     add_options(p, TrainConfig)
     p.set_defaults(run=_train)

@@ -4,6 +4,7 @@
     paper-1tower  the same network without towers                                          62,378,344 params
     owt           torchvision's one-tower "one weird trick" layout and state-dict keys     61,100,840 params
     caffenet      Caffe's reference CaffeNet: pooling before LRN, Caffe's LRN across all channels
+    half          §3.2's one-tower net: half the kernels of conv1-conv4; conv5, fc as paper 59,798,312 params
 """
 
 import torch
@@ -13,17 +14,21 @@ from torch import nn
 from .errors import InputError
 from .lrn import LRN
 
-ARCHS = ("paper", "paper-1tower", "owt", "caffenet")
+ARCHS = ("paper", "paper-1tower", "owt", "caffenet", "half")
 INITS = ("paper", "caffe", "torchvision")
 PAPER_CLASSES = 1000  # from this many classes on, §5's initialization trains at §5's learning rate (ImageNet)
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+KERNELS = (96, 256, 384, 384, 256)  # §3.5: conv1-conv5
+# §3.2's one-GPU net: half the kernels in each convolutional layer but the last, which keeps its size, as do the
+# fully connected layers after it (the paper's footnote: most parameters are in fc6, which takes conv5 as input)
+HALF_KERNELS = (48, 128, 192, 192, 256)
 
 
 class AlexNet(nn.Module):
     """The paper's network: five convolutional and three fully connected layers (§3.5)."""
 
     def __init__(self, num_classes: int = 1000, towers: int = 2, lrn: str = "paper", lrn_towers: int | None = None,
-                 pool_before_lrn: bool = False, dropout: float = 0.5):
+                 pool_before_lrn: bool = False, dropout: float = 0.5, kernels: tuple[int, ...] = KERNELS):
         super().__init__()
         self.towers = towers
         self.pool_before_lrn = pool_before_lrn
@@ -31,15 +36,16 @@ class AlexNet(nn.Module):
         # §3.5: conv2, conv4 and conv5 are connected only to the kernel maps of their own tower (GPU);
         # conv3 and the fully connected layers see both.
         # lrn1 and lrn2 apply conv1's and conv2's ReLU themselves (fused), except when pooling comes first.
-        self.conv1 = nn.Conv2d(3, 96, 11, stride=4)
+        k1, k2, k3, k4, k5 = kernels
+        self.conv1 = nn.Conv2d(3, k1, 11, stride=4)
         self.lrn1 = LRN(lrn, lrn_towers, relu=not pool_before_lrn)
-        self.conv2 = nn.Conv2d(96, 256, 5, padding=2, groups=towers)
+        self.conv2 = nn.Conv2d(k1, k2, 5, padding=2, groups=towers)
         self.lrn2 = LRN(lrn, lrn_towers, relu=not pool_before_lrn)
-        self.conv3 = nn.Conv2d(256, 384, 3, padding=1)
-        self.conv4 = nn.Conv2d(384, 384, 3, padding=1, groups=towers)
-        self.conv5 = nn.Conv2d(384, 256, 3, padding=1, groups=towers)
+        self.conv3 = nn.Conv2d(k2, k3, 3, padding=1)
+        self.conv4 = nn.Conv2d(k3, k4, 3, padding=1, groups=towers)
+        self.conv5 = nn.Conv2d(k4, k5, 3, padding=1, groups=towers)
         self.pool = nn.MaxPool2d(3, stride=2)  # §3.4: overlapping pooling, z = 3, s = 2
-        self.fc6 = nn.Linear(256 * 6 * 6, 4096)
+        self.fc6 = nn.Linear(k5 * 6 * 6, 4096)
         self.fc7 = nn.Linear(4096, 4096)
         self.fc8 = nn.Linear(4096, num_classes)
         self.dropout = nn.Dropout(dropout)  # §4.2: on the outputs of fc6 and fc7
@@ -52,7 +58,7 @@ class AlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The convolutional part: 256×6×6 maps after conv5 and its pooling."""
-        x = self._relu_norm_pool(self.lrn1, self.conv1(_paper_input(x)))
+        x = self._relu_norm_pool(self.lrn1, self.conv1(paper_input(x)))
         x = self._relu_norm_pool(self.lrn2, self.conv2(x))
         x = F.relu(self.conv3(x), inplace=True)
         x = F.relu(self.conv4(x), inplace=True)
@@ -76,7 +82,7 @@ class AlexNet(nn.Module):
         return list(self.conv1.weight.detach().chunk(self.towers))
 
 
-def _paper_input(x: torch.Tensor) -> torch.Tensor:
+def paper_input(x: torch.Tensor) -> torch.Tensor:
     """Check the input; pad 224×224 right and bottom by 3, as cuda-convnet's rounding does (SPEC §1.1)."""
     if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) not in ((224, 224), (227, 227)):
         raise InputError(f"AlexNet expects images of shape (N, 3, 227, 227) or (N, 3, 224, 224), "
@@ -178,6 +184,8 @@ def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = 
         model = OWTAlexNet(num_classes, dropout)
     elif arch == "caffenet":
         model = AlexNet(num_classes, 2, lrn or "caffe", lrn_towers=1, pool_before_lrn=True, dropout=dropout)
+    elif arch == "half":
+        model = AlexNet(num_classes, 1, lrn or "paper", dropout=dropout, kernels=HALF_KERNELS)
     else:
         model = AlexNet(num_classes, 2 if arch == "paper" else 1, lrn or "paper", dropout=dropout)
     init_weights(model, init or default_init(arch, num_classes)[0])

@@ -42,6 +42,7 @@ from .model import ARCHS, INITS, PAPER_CLASSES, build_model, default_init
 from .optim import SCHEDULES, Schedule, build_optimizer
 from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, check, option, resumed
 from .runtime import PRECISIONS, autocast, choose_device, choose_precision
+from .towers import Pair, Tower, place
 from .words import count
 
 # The built-in photos (850 training images of 10 classes) get a budget that keeps the main job under 10 minutes.
@@ -51,6 +52,7 @@ BUILT_IN_MINUTES = 8
 BUDGET_SCHEDULE = "cosine"
 PAPER_EPOCHS = 90  # §5: "roughly 90 cycles through the training set"
 PAPER_SCHEDULE = "plateau"  # §5: divide by 10 "when the validation error rate stopped improving"
+PARALLEL = ("data", "towers")
 READ_EVERY = 20  # steps between reading the loss back from a GPU
 PROBE_BATCH = 64  # images per step in the timing of --precision auto
 RECIPE_SAMPLE = 2000  # images that estimate the mean image and RGB PCA when training straight from JPEGs
@@ -89,6 +91,11 @@ class TrainConfig:
     step_size: int = option(30, "step: epochs between drops", accepts=COUNT)
     warmup_epochs: float = option(0.0, "linear warm-up, in epochs", accepts=AMOUNT)
     crop: int = option(224, "training crop size", section="§4.1", choices=(224, 227))
+    parallel: str | None = option(None, "how torchrun's processes share the work: data (default): a whole network "
+                                        "on each (DDP); towers: a network on each pair of processes, one tower on "
+                                        "each, communicating only at conv3 and the fully connected layers, the pairs "
+                                        "data-parallel (--arch paper, an even number of processes)", section="§3.2",
+                                  choices=PARALLEL, resume=True)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", resume=True)
     precision: str = option("auto", "auto: bf16 on GPUs and AMX CPUs, fp32 elsewhere; fp16 uses loss scaling",
                             choices=PRECISIONS, resume=True)
@@ -185,11 +192,14 @@ def estimate_recipe(train: Split, seed: int) -> Recipe:
     return stats.recipe()
 
 
-def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Data:
+def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1, pair: Pair | None = None) -> Data:
     """The batches of a store, of an image folder (decoded on the fly), or of the built-in photos (prepared
-    by the first process before the others look)."""
-    if cfg.batch_size % world:  # every process gets an equal share of a step (§5's batch is global)
-        raise InputError(f"--batch-size {cfg.batch_size}: does not split evenly over {world} processes")
+    by the first process before the others look); each process reads its share of every batch, the two of a
+    pair (--parallel towers) the same share."""
+    shard, shards = (pair.index, pair.pairs) if pair else (rank, world)
+    if cfg.batch_size % shards:  # every process gets an equal share of a step (§5's batch is global)
+        unit = "pairs of processes" if pair else "processes"
+        raise InputError(f"--batch-size {cfg.batch_size}: does not split evenly over {shards} {unit}")
     if rank == 0:
         data_root(cfg.data)
     if world > 1:
@@ -208,7 +218,7 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1) -> Data:
     else:
         recipe = estimate_recipe(train, cfg.seed)
         description += f" (mean and PCA from {min(len(train), RECIPE_SAMPLE)} images)"
-    loader = functools.partial(Loader, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world=world,
+    loader = functools.partial(Loader, batch_size=cfg.batch_size, seed=cfg.seed, rank=shard, world=shards,
                                workers=cfg.workers, pin_memory=choose_device(cfg.device).type == "cuda")
     return Data(loader(train, shuffle=True), loader(val, shuffle=False), recipe, description)
 
@@ -300,8 +310,10 @@ def train(cfg: TrainConfig) -> Path:
     rank, world, local_rank = _distributed()
     device = choose_device(cfg.device)
     try:
+        pair = place(cfg.arch, rank, world) if cfg.parallel == "towers" else None
         with torch.random.fork_rng(devices=[local_rank] if device.type == "cuda" else []):
-            trainer = Trainer(cfg, open_data(cfg, rank, world), run_path, rank, world, local_rank, started)
+            trainer = Trainer(cfg, open_data(cfg, rank, world, pair), run_path, rank, world, local_rank, started,
+                              pair)
             if state is not None:
                 trainer.restore(state)
             folder = trainer.run()
@@ -317,13 +329,17 @@ def train(cfg: TrainConfig) -> Path:
 
 
 class Trainer:
-    """The state of a run and the loop over its epochs (§5). Seeds torch's global random generator."""
+    """The state of a run and the loop over its epochs (§5). Seeds torch's global random generator.
+
+    With `pair` (--parallel towers) the process holds one tower of the network (towers.Tower); its counts are
+    summed over its twins, which between them see each image once, and its checkpoints hold the whole network."""
 
     def __init__(self, cfg: TrainConfig, data: Data, run_path: Path, rank: int = 0, world: int = 1,
-                 local_rank: int = 0, started: float | None = None):
+                 local_rank: int = 0, started: float | None = None, pair: Pair | None = None):
         init, self.init_reason = (cfg.init, "as asked") if cfg.init else default_init(cfg.arch, len(data.classes))
         self.cfg = cfg = dataclasses.replace(fill_defaults(cfg), init=init)
-        self.data, self.run_path, self.rank, self.world = data, run_path, rank, world
+        self.data, self.run_path, self.rank, self.world, self.pair = data, run_path, rank, world, pair
+        self.reduce = pair.sum if pair else _sum
         self.device = choose_device(cfg.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
@@ -332,13 +348,16 @@ class Trainer:
         self.model = build_model(cfg.arch, len(data.classes), cfg.lrn, cfg.init, cfg.dropout).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        workload = f"{cfg.arch} training, batch {min(cfg.batch_size // world, PROBE_BATCH)}"
+        self.batch = cfg.batch_size // (pair.pairs if pair else world)  # this process's images per step
+        workload = f"{cfg.arch} training, batch {min(self.batch, PROBE_BATCH)}"
         if world > 1 and rank:  # the first process times the precisions; the others read what it found
             dist.barrier()
         choice = choose_precision(cfg.precision, self.device, self._seconds, workload)
         if world > 1 and not rank:
             dist.barrier()
         self.precision, self.precision_reason = choice.name, choice.reason
+        if pair:  # the precision was timed on the whole network, which is then split
+            self.model = Tower(self.model, pair)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                          cfg.weight_decay)
         self.schedule = Schedule.of(cfg, steps_per_epoch=len(data.train))
@@ -359,7 +378,7 @@ class Trainer:
         model = copy.deepcopy(self.model)
         optimizer = build_optimizer(self.cfg.optimizer, model.parameters(), self.cfg.lr, self.cfg.momentum,
                                     self.cfg.weight_decay)
-        batch, g = min(self.cfg.batch_size // self.world, PROBE_BATCH), torch.Generator().manual_seed(0)
+        batch, g = min(self.batch, PROBE_BATCH), torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, self.cfg.crop, self.cfg.crop, generator=g).to(self.device)
         y = torch.randint(len(self.data.classes), (batch,), generator=g).to(self.device)
         with torch.random.fork_rng(devices=[]):  # dropout draws from the copy's own stream
@@ -378,8 +397,11 @@ class Trainer:
         """Continue from a checkpoint: weights, optimizer, schedule state, random state, position in the epoch."""
         if state["classes"] != self.data.classes:
             raise InputError(f"{state['path']} was trained on other classes than {self.data.description}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.pair:
+            self.model.load_whole_state(self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step, self.total_steps, self.best = (state[k] for k in ("epoch", "step", "total_steps",
                                                                                     "best"))
@@ -395,23 +417,37 @@ class Trainer:
                 "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "progress"}}
 
     def snapshot(self) -> dict:
-        """Everything `restore` needs, and what eval/predict need: a weights_only-loadable dict."""
+        """Everything `restore` needs, and what eval/predict need: a weights_only-loadable dict (of the whole
+        network, which under --parallel towers both processes of a pair assemble together)."""
         r = self.data.recipe
-        return {**self.info(), "model": self.model.state_dict(),
+        model, optimizer = (self.model.whole_state(self.optimizer) if self.pair else
+                            (self.model.state_dict(), self.optimizer.state_dict()))
+        return {**self.info(), "model": model,
                 "recipe": {"mean": r.mean, "eigval": r.eigval, "eigvec": r.eigvec},
-                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "optimizer": optimizer, "schedule": self.schedule.state_dict(),
                 "epoch": self.epoch, "step": self.step, "total_steps": self.total_steps, "best": self.best,
                 "measured": self.measured,
                 "sums": list(self.sums), "planned": self.planned, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
 
     def save(self, best: bool = False) -> None:
-        """Write last.pt, and best.pt as the same file (on the first process only)."""
-        if self.rank == 0:
-            checkpoint.save(self.run_path / "last.pt", self.snapshot())
-            if best:
-                link_or_copy(self.run_path / "last.pt", self.run_path / "best.pt")
+        """Write last.pt, and best.pt as the same file (on the first process only, with the first pair's other
+        tower under --parallel towers)."""
+        if self.rank == 0 or self.pair and self.pair.index == 0:
+            state = self.snapshot()
+            if self.rank == 0:
+                checkpoint.save(self.run_path / "last.pt", state)
+                if best:
+                    link_or_copy(self.run_path / "last.pt", self.run_path / "best.pt")
         self.last_save = time.monotonic()
+
+    def save_due(self) -> bool:
+        """Whether `save_every` minutes have passed since the last checkpoint (by tower 0's clock in a pair,
+        whose two processes save together)."""
+        if not self.cfg.save_every:
+            return False
+        due = torch.tensor(time.monotonic() - self.last_save > 60 * self.cfg.save_every, device=self.device)
+        return bool(self.pair.first(due) if self.pair else due)
 
     def plan(self, epoch_seconds: float, validation_seconds: float) -> None:
         """--minutes: from the first epoch's time, as many epochs as fit in what is left of the budget after
@@ -439,19 +475,22 @@ class Trainer:
     def run(self) -> Path:
         """Train epoch after epoch until done; returns the run folder."""
         cfg, data = self.cfg, self.data
-        net = self.model
-        if self.world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(net, [self.device] if self.device.type == "cuda" else None)
+        net, ids = self.model, [self.device] if self.device.type == "cuda" else None
+        if self.pair and self.pair.pairs > 1:  # each tower's gradients averaged over its twins
+            net = torch.nn.parallel.DistributedDataParallel(net, ids, process_group=self.pair.twins)
+        elif self.world > 1 and not self.pair:
+            net = torch.nn.parallel.DistributedDataParallel(net, ids)
         if cfg.compile:
             net = torch.compile(net)
         validation = Network(self.model, self.recipe, self.device, self.precision, self.info())
         folder = RunFolder(self.run_path, active=self.rank == 0)
         if self.rank == 0:
             write_json(self.run_path / "config.json", dataclasses.asdict(cfg))
+            layout = f" in {count(self.pair.pairs, 'pair')} of towers" if self.pair else ""
             print(f"training {cfg.arch!r} on {data.description}: {len(data.train.source)} training and "
                   f"{len(data.val.source)} validation images, {len(data.classes)} classes; "
                   f"initialization {cfg.init} ({self.init_reason}); {self.device.type}, {self.precision} "
-                  f"({self.precision_reason}), {count(self.world, 'process')}; "
+                  f"({self.precision_reason}), {count(self.world, 'process')}{layout}; "
                   f"run folder {self.run_path}", flush=True)
         self.last_save = time.monotonic()
         try:
@@ -463,7 +502,7 @@ class Trainer:
                     self.save()
                     break
                 seconds = time.monotonic() - started
-                val = evaluate([validation], data.val.epoch(0), reduce=_sum)
+                val = evaluate([validation], data.val.epoch(0), reduce=self.reduce)
                 if not self.planned:
                     self.plan(time.monotonic() - started, time.monotonic() - started - seconds)
                 dropped = self.schedule.end_epoch(val.top1)
@@ -532,7 +571,7 @@ class Trainer:
             bar.set_postfix_str(f"loss {loss_value:.3f}, lr {lr:.2g}, {rate:.0f} img/s")
             bar.update(steps)
             steps = 0
-            if cfg.save_every and time.monotonic() - self.last_save > 60 * cfg.save_every:
+            if self.save_due():
                 self.save()
             if self.done():
                 break
@@ -543,7 +582,7 @@ class Trainer:
         """Add the last `steps` steps' counts (over all processes) to the epoch's sums; their mean loss.
 
         Raises DivergedError where their loss is NaN or infinite, or where the network has died (DeadGuard)."""
-        images, loss, wrong = _sum(unread[:3].clone()).tolist()
+        images, loss, wrong = self.reduce(unread[:3].clone()).tolist()
         loss_range, alive = _sum(unread[3:].clone(), dist.ReduceOp.MAX).tolist()
         unread.zero_()
         where = f"step {self.step}" if steps == 1 else f"steps {self.step - steps + 1}-{self.step}"

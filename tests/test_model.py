@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from alexnet.cli import main
 from alexnet.model import ARCHS, build_model, init_weights
 from alexnet.summary import layer_table
 
@@ -17,7 +18,7 @@ PAPER = {
     "fc7": ((4096,), 16_781_312),
     "fc8": ((1000,), 4_097_000),
 }
-TOTALS = {"paper": 60_965_224, "paper-1tower": 62_378_344, "owt": 61_100_840}
+TOTALS = {"paper": 60_965_224, "paper-1tower": 62_378_344, "owt": 61_100_840, "half": 59_798_312}
 
 
 def meta_model(arch: str, classes: int = 1000):
@@ -41,6 +42,23 @@ def test_paper_layer_shapes_and_parameters_match_spec(size):
 def test_parameter_totals(arch):
     model = meta_model(arch)
     assert sum(p.numel() for p in model.parameters()) == TOTALS[arch]
+
+
+def test_half_has_half_the_kernels_but_in_conv5_by_hand(capsys):
+    # §3.2's one-tower net: 48, 128, 192 and 192 kernels; conv5 (256) and the fc layers as in `paper` (its footnote)
+    convs = {"conv1": (48, 3, 11), "conv2": (128, 48, 5), "conv3": (192, 128, 3), "conv4": (192, 192, 3),
+             "conv5": (256, 192, 3)}
+    fcs = {"fc6": (4096, 256 * 6 * 6), "fc7": (4096, 4096), "fc8": (1000, 4096)}
+    by_hand = {name: k * c * s * s + k for name, (k, c, s) in convs.items()} | {
+        name: o * i + o for name, (o, i) in fcs.items()}
+    assert sum(by_hand.values()) == 59_798_312
+    rows = {row.name: row for row in layer_table(meta_model("half"), 227)}
+    assert {name: rows[name].params for name in by_hand} == by_hand
+    assert [rows[name].shape[0] for name in convs] == [48, 128, 192, 192, 256]
+    assert rows["lrn1"].shape == (48, 55, 55) and rows["pool5"].shape == (256, 6, 6)
+    assert by_hand["conv5"] == PAPER["conv5"][1]  # a grouped conv5 has as many weights as one tower of 192 inputs
+    main(["summary", "--arch", "half"])
+    assert "59,798,312" in capsys.readouterr().out
 
 
 def test_owt_multiply_adds_match_spec():
