@@ -38,6 +38,7 @@ def keep_freed_memory() -> bool:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECISIVE = 3.0  # --precision auto: a ratio of step times that one warm-up step of each settles
 
 
 def choose_device(name: str = "auto") -> torch.device:
@@ -103,7 +104,8 @@ def cpu_model() -> str:
 
 def _probed(workload: str, probe: Callable[[str], float]) -> dict[str, float]:
     """The seconds of one step of `workload` in fp32 and in bf16 on this machine: measured once (a warm-up and
-    two timed steps each, in turns), then read from the cache folder's precision.json."""
+    two timed steps each, in turns; the warm-ups alone where one is DECISIVE times the other, as bf16 is
+    without AVX-512, where each of its steps takes a minute), then read from the cache folder's precision.json."""
     key = f"{cpu_model()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | {workload}"
     path = cache_dir() / "precision.json"
     known = read_json(path) if path.is_file() else {}
@@ -112,7 +114,9 @@ def _probed(workload: str, probe: Callable[[str], float]) -> dict[str, float]:
         for _ in range(3):
             for precision in times:
                 times[precision].append(probe(precision))
-        known[key] = {precision: statistics.median(t[1:]) for precision, t in times.items()}
+            if max(times["fp32"][0] / times["bf16"][0], times["bf16"][0] / times["fp32"][0]) > DECISIVE:
+                break
+        known[key] = {precision: statistics.median(t[1:] or t) for precision, t in times.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, known)
     return known[key]

@@ -28,6 +28,8 @@ def test_auto_precision_on_a_cpu_is_the_faster_one_measured_once_per_machine_and
     cached = json.loads((tmp_path / "alexnet" / "precision.json").read_text())
     assert len(cached) == 2 and all(key.startswith(cpu_model()) for key in cached)
     assert choose_precision("bf16", cpu, probe({}), "x").name == "bf16" and len(calls) == 12  # as asked: no timing
+    slow = choose_precision("auto", cpu, probe({"fp32": 1.0, "bf16": 14.0}), "paper training, batch 32")
+    assert slow.name == "fp32" and calls[12:] == ["fp32", "bf16"]  # one step each settles a 14× gap
 
 
 def test_precision_names_are_checked():
