@@ -48,14 +48,17 @@ def isa_features(macros: str) -> set[str]:
     return set(re.findall(r"^#define (__[A-Z0-9_]+__) 1$", macros, re.MULTILINE))
 
 
-def build_key(sources: list[bytes], flags: list[str], macros: str) -> str:
-    """The name of one build: its sources, flags, PyTorch and Python, and the instruction set it is for.
+def build_key(sources: dict[str, bytes], flags: list[str], macros: str) -> str:
+    """The name of one build: its sources (paths and contents), flags, PyTorch and Python, and the instruction
+    set it is for.
 
     The instruction set is in the key because a build in a shared home directory can be found by any
     machine: one made on an AVX-512 node would die of an illegal instruction on an AVX2 node, so that
-    node must build its own.
+    node must build its own. The paths are in it because ninja rebuilds whatever was built from other paths:
+    two copies of the package (two checkouts, two environments) sharing one build would rebuild it in turns.
     """
-    parts = [*sources, " ".join(flags).encode(), torch.__version__.encode(), sys.version.encode(), macros.encode()]
+    parts = [part for item in sorted(sources.items()) for part in (item[0].encode(), item[1])]
+    parts += [" ".join(flags).encode(), torch.__version__.encode(), sys.version.encode(), macros.encode()]
     return "alexnet_cpu_" + hashlib.sha256(b"\0".join(parts)).hexdigest()[:12]
 
 
@@ -82,7 +85,7 @@ def cpu_kernels() -> ModuleType | None:
             if missing:
                 raise RuntimeError(f"ALEXNET_CPU_TARGET={os.environ['ALEXNET_CPU_TARGET']} needs "
                                    f"{', '.join(sorted(missing))}, which this CPU lacks")
-        name = build_key([p.read_bytes() for p in sources], flags, macros)
+        name = build_key({str(p): p.read_bytes() for p in sources}, flags, macros)
         root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
         (root / name).mkdir(parents=True, exist_ok=True)
         return load(name, [str(p) for p in sources], extra_cflags=flags + threads, extra_ldflags=threads,

@@ -22,12 +22,14 @@ def test_isa_features_are_the_capitalized_macros_defined_as_one():
 
 
 def test_build_key_is_the_same_for_the_same_build_and_differs_by_instruction_set():
-    sources, flags = [b"int f();"], ["-O3", "-march=native"]
+    sources, flags = {"/a/f.cpp": b"int f();"}, ["-O3", "-march=native"]
     assert build_key(sources, flags, AVX512) == build_key(sources, flags, AVX512)
     # the same sources and flags, built on an AVX2 node and on an AVX-512 node: two builds
     assert build_key(sources, flags, AVX2) != build_key(sources, flags, AVX512)
     assert build_key(sources, ["-O3", "-march=x86-64-v3"], AVX2) != build_key(sources, flags, AVX2)
-    assert build_key([b"int g();"], flags, AVX2) != build_key(sources, flags, AVX2)
+    assert build_key({"/a/f.cpp": b"int g();"}, flags, AVX2) != build_key(sources, flags, AVX2)
+    # the same files in another checkout: ninja would rebuild a shared build for each in turn
+    assert build_key({"/b/f.cpp": b"int f();"}, flags, AVX2) != build_key(sources, flags, AVX2)
 
 
 def test_target_flags(monkeypatch):
@@ -45,7 +47,7 @@ def test_the_compilers_macros_tell_the_x86_levels_apart():
     assert "__AVX2__" in isa_features(v3) and "__AVX512F__" not in isa_features(v3)
     assert isa_features(v3) < isa_features(v4)
     assert predefined_macros(["-march=x86-64-v3"]) == v3  # the key is stable
-    assert build_key([], ["-O3"], v3) != build_key([], ["-O3"], v4)
+    assert build_key({}, ["-O3"], v3) != build_key({}, ["-O3"], v4)
 
 
 def test_a_target_above_this_cpu_is_refused_not_built(monkeypatch):
