@@ -146,8 +146,8 @@ class StudyConfig:
         scale = dict(SCALES["full" if self.full else "cpu"])
         scale.update({k: getattr(self, k) for k in scale if getattr(self, k) is not None})
         cfg = TrainConfig(data=self.data, schedule="cosine", batch_size=self.batch_size, lr=self.lr, seed=seed,
-                          device=self.device, precision=self.precision, progress=self.progress, save_every=0, out=self.runs, **scale,
-                          **dict(variant.changes))
+                          device=self.device, precision=self.precision, progress=self.progress, save_every=0,
+                          out=self.runs, **scale, **dict(variant.changes))
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "name", "progress")}
         settings["data"] = str(Path(self.data).expanduser().resolve())
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

@@ -39,11 +39,11 @@ def paired(base: Sequence[float], other: Sequence[float]) -> dict:
     out = spread(d)
     if len(d) < 2:
         return {**out, "interval": None, "seeds_needed": None, "resolved": False}
-    sd = stats.tstd(d) if len(set(d)) > 1 else 0.0
-    half = _half_width(sd, len(d))
+    sd = float(stats.tstd(d)) if len(set(d)) > 1 else 0.0
+    half = float(_half_width(sd, len(d)))
     low, high = out["mean"] - half, out["mean"] + half
     return {**out, "sd": sd, "interval": [low, high], "seeds_needed": seeds_needed(out["mean"], sd),
-            "resolved": low > 0 or high < 0}
+            "resolved": bool(low > 0 or high < 0)}
 
 
 def describe(d: dict, scale: float = 100, unit: str = " points") -> str:
