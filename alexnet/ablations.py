@@ -10,7 +10,8 @@ others only in what the experiment is about. It writes into its output folder:
     curves.csv      one row per variant, seed and epoch: training and validation error and loss, seconds
     results.json    per variant and seed the final errors; their mean and range over seeds; each claim's
                     difference seed by seed with a 95% interval and the seeds needed to tell it from noise
-                    (spread.py); the machine and the wall time
+                    (spread.py); the machine, this run's wall time, and the seconds its variants took
+                    to train (run_seconds, also where they were trained before)
     <name>.png      validation (solid) and training (dashed) top-1 error against epochs, mean and range
 
 The trained variants are run folders under --runs, named by their settings: a variant that another
@@ -221,7 +222,8 @@ def summarize(name: str, records: dict[str, list[dict]]) -> dict:
         other = [m[c.other_measure or c.measure] for m in finals[c.other]]
         claims.append({"what": c.what, **paired(base, other)})
     results = {"experiment": name, "paper": study.paper, "seeds": len(records[study.variants[0].label]),
-               "variants": variants, "claims": claims}
+               "variants": variants, "claims": claims,
+               "run_seconds": sum(r["wall_seconds"] for runs in records.values() for r in runs)}
     if name == "dropout":
         results["converge"] = convergence(records)
     return results
