@@ -38,7 +38,7 @@ from pathlib import Path
 from .errors import InputError
 from .experiments import epochs_to_reach
 from .files import atomic_write, write_json, write_text
-from .options import COUNT, RATE, check, option
+from .options import COUNT, RATE, SIZE, check, option
 from .runtime import PRECISIONS, machine
 from .spread import describe, paired, spread
 from .train import TrainConfig, final_evaluation, train
@@ -126,7 +126,9 @@ class StudyConfig:
     runs: str = option("runs/experiments/variants", "folder of the variants' run folders, shared by the "
                                                     "experiments: a variant trained before is reused")
     full: bool = option(False, "the paper's scale (a GPU's work): all kernels, 224 crops, 90 epochs")
-    seeds: int = option(3, "seeds 0..N-1, each training every variant", accepts=COUNT)
+    seed: int = option(0, "the first seed (seeds of one experiment can run side by side, sharing --runs)",
+                       accepts=SIZE)
+    seeds: int = option(3, "seeds SEED, SEED+1, ...: every variant trained once for each", accepts=COUNT)
     epochs: int | None = option(None, f"epochs per variant (default: {SCALES['cpu']['epochs']}, with --full "
                                       f"{SCALES['full']['epochs']})", accepts=COUNT)
     width: float | None = option(None, f"kernels and units per layer as a fraction of the paper's (default: "
@@ -193,15 +195,15 @@ def run_study(config: StudyConfig) -> dict:
     write_json(out / "config.json", dataclasses.asdict(config))
     where, started = machine(), time.monotonic()
     records = {v.label: [] for v in study.variants}
-    for seed in range(config.seeds):
+    for seed in range(config.seed, config.seed + config.seeds):
         for variant in study.variants:
             cfg = config.training(variant, seed)
             print(f"{config.study}: {variant.label}, seed {seed} ({cfg.out}/{cfg.name})", flush=True)
             records[variant.label].append(trained(cfg, study.ten_crops))
     results = summarize(config.study, records)
     results.update(machine=where, wall_seconds=time.monotonic() - started,
-                   settings=dataclasses.asdict(config.training(study.variants[0], 0)))
-    write_curves(out / "curves.csv", records)
+                   settings=dataclasses.asdict(config.training(study.variants[0], config.seed)))
+    write_curves(out / "curves.csv", records, config.seed)
     write_json(out / "results.json", results)
     plot(out / f"{config.study}.png", study, records, results["settings"])
     print(report(results))
@@ -261,13 +263,13 @@ def _range(s: dict) -> str:
     return f"{100 * s['mean']:.1f}% ({100 * s['min']:.1f}-{100 * s['max']:.1f})"
 
 
-def write_curves(path: Path, records: dict[str, list[dict]]) -> None:
-    """One CSV row per variant, seed and epoch."""
+def write_curves(path: Path, records: dict[str, list[dict]], first_seed: int = 0) -> None:
+    """One CSV row per variant, seed and epoch (the seeds in turn, from `first_seed`)."""
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["variant", "seed", "epoch", *RECORDED])
     for label, runs in records.items():
-        for seed, r in enumerate(runs):
+        for seed, r in enumerate(runs, start=first_seed):
             for epoch, row in enumerate(zip(*(r["epochs"][k] for k in RECORDED), strict=True), start=1):
                 writer.writerow([label, seed, epoch, *(f"{v:.6g}" for v in row)])
     write_text(path, table.getvalue())
