@@ -233,15 +233,16 @@ def summarize(name: str, records: dict[str, list[dict]]) -> dict:
 
 def convergence(records: dict[str, list[dict]]) -> dict:
     """§4.2's "roughly doubles the number of iterations required to converge", seed by seed: the epochs each
-    variant takes to reach the training error that the one with dropout ends at, and their ratio."""
+    variant takes to reach the training error that the one with dropout ends at, and their ratio (None where
+    the one without dropout never reaches it)."""
     ratios, epochs = [], {label: [] for label in records}
     for with_dropout, without in zip(*records.values(), strict=True):
         target = with_dropout["epochs"]["train_top1"][-1]
         reach = [epochs_to_reach(r["epochs"]["train_top1"], target) for r in (with_dropout, without)]
         for label, value in zip(records, reach, strict=True):
             epochs[label].append(value)
-        ratios.append(reach[0] / reach[1])
-    return {"epochs": {label: spread(v) for label, v in epochs.items()}, "ratio": spread(ratios)}
+        ratios.append(None if None in reach else reach[0] / reach[1])
+    return {"epochs": epochs, "ratio": None if None in ratios else spread(ratios)}
 
 
 def report(results: dict) -> str:
@@ -251,7 +252,7 @@ def report(results: dict) -> str:
         rows.append(f"{label:<24} " + " ".join(f"{_range(v[k]):>18}" for k in ("val_top1", "train_top1")))
     for c in results["claims"]:
         rows.append(f"{c['what']}: {describe(c)}")
-    if "converge" in results:
+    if results.get("converge", {}).get("ratio"):
         ratio = results["converge"]["ratio"]
         rows.append(f"epochs to the training error that dropout ends at, with / without dropout: "
                     f"{ratio['mean']:.2f} (range {ratio['min']:.2f} to {ratio['max']:.2f})")

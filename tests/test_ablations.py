@@ -150,7 +150,7 @@ def test_dropout_study_runs_end_to_end_and_reuses_its_runs(small_store, tmp_path
     assert results["seeds"] == 2 and len(results["claims"]) == 2
     assert all(len(c["values"]) == 2 and c["interval"] is not None for c in results["claims"])
     assert results["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert set(results["converge"]["ratio"]) >= {"mean", "min", "max"}
+    assert len(results["converge"]["epochs"]["no dropout"]) == 2
     with Image.open(out / "dropout.png") as im:
         assert im.size == (640, 480)
     assert len(list(runs.iterdir())) == 4  # two variants, two seeds
@@ -170,3 +170,16 @@ def test_bad_options_are_one_line_errors(small_store, tmp_path):
         StudyConfig("depth", data=str(small_store), crop=32).training(STUDIES["depth"].variants[0], 0)
     with pytest.raises(InputError, match="unknown experiment"):
         ablations.run_study(StudyConfig("nothing", data=str(small_store), out=str(tmp_path)))
+
+
+def test_convergence_compares_the_epochs_to_the_training_error_dropout_ends_at():
+    def runs(*curves):
+        return [{"epochs": {"train_top1": list(c)}} for c in curves]
+
+    records = {"dropout 0.5": runs([0.8, 0.5, 0.3], [0.8, 0.4, 0.4]),
+               "no dropout": runs([0.6, 0.3, 0.1], [0.6, 0.2, 0.1])}
+    found = ablations.convergence(records)
+    assert found["epochs"] == {"dropout 0.5": [3.0, 2.0], "no dropout": [2.0, 1.5]}
+    assert found["ratio"]["values"] == [1.5, 2.0 / 1.5]
+    never = {"dropout 0.5": runs([0.8, 0.3]), "no dropout": runs([0.8, 0.5])}
+    assert ablations.convergence(never)["ratio"] is None
