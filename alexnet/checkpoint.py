@@ -50,7 +50,8 @@ def load(path: str | Path) -> dict:
 
 def model_from(state: dict) -> nn.Module:
     """The network of a checkpoint, with its weights, in eval mode."""
-    model = build_model(state["arch"], len(state["classes"]), lrn=state["lrn"], dropout=state["dropout"])
+    model = build_model(state["arch"], len(state["classes"]), lrn=state["lrn"], dropout=state["dropout"],
+                        width=state.get("width", 1.0), crop=state["crop"], remove=state.get("remove"))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

@@ -166,12 +166,16 @@ def _import_torchvision(args: argparse.Namespace) -> None:
 
 
 def _experiment(args: argparse.Namespace) -> None:
+    from .ablations import STUDIES, StudyConfig, run_study
     from .experiments import ExperimentConfig, run_experiment
     from .options import from_args
     from .runtime import keep_freed_memory
 
     keep_freed_memory()
-    run_experiment(from_args(ExperimentConfig, args))
+    if args.experiment in STUDIES:
+        run_study(from_args(StudyConfig, args, study=args.experiment))
+    else:
+        run_experiment(from_args(ExperimentConfig, args))
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -361,17 +365,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="checkpoint file to write (.pt)")
     p.set_defaults(run=_import_torchvision)
 
+    from .ablations import STUDIES, StudyConfig
     from .experiments import EXPERIMENTS, ExperimentConfig
 
-    p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's small-scale CIFAR-10 experiments",
-                            description="Train two variants of a four-layer CNN on CIFAR-10 (class folders of 32×32 "
-                                        "images) on the CPU; write their curves, a figure and a table.")
+    p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's claims as experiments, with seeds",
+                            description="Train the variants of a network that a claim of the paper is about, from "
+                                        "the same initial weights through the same mini-batches, for several seeds; "
+                                        "write their curves, a figure and a table. relu-vs-tanh, lrn, pooling: a "
+                                        "four-layer CNN on CIFAR-10 (class folders of 32×32 images) on the CPU; "
+                                        f"{', '.join(STUDIES)}: AlexNet on a store from `alexnet prepare`.")
     experiments = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     for name, setup in EXPERIMENTS.items():
         e = experiments.add_parser(name, formatter_class=fmt, help=setup.title,
                                    description=f"{setup.title}: {' against '.join(v.label for v in setup.variants)}. "
                                                f"The paper: {setup.paper}.")
         add_options(e, ExperimentConfig, {"epochs": setup.epochs, "out": f"runs/experiments/{name}"})
+    for name, study in STUDIES.items():
+        e = experiments.add_parser(name, formatter_class=fmt, help=study.title,
+                                   description=f"{study.title}: {' against '.join(v.label for v in study.variants)}"
+                                               f" (AlexNet). The paper: {study.paper}.")
+        add_options(e, StudyConfig, {"out": f"runs/experiments/{name}"})
     p.set_defaults(run=_experiment)
     return parser
 

@@ -2,12 +2,18 @@
 normalization (§3.3) and overlapping pooling (§3.4).
 
 Each experiment trains two variants of one small network in turn, on the CPU, from the same initial
-weights and through the same sequence of mini-batches, and writes into its output folder:
+weights and through the same sequence of mini-batches, once for each of --seeds seeds, and writes into
+its output folder:
 
     config.json     the settings of the run
-    curves.csv      one row per variant and epoch: training and test error, loss, learning rate, seconds, threads
-    results.json    per variant: final and best errors, training images/s; relu-vs-tanh: epochs to 25%
-    <name>.png      training error (relu-vs-tanh) or test error (lrn, pooling) against epochs, both variants
+    curves.csv      one row per variant, epoch and seed: training and test error, loss, learning rate, seconds,
+                    threads
+    results.json    per variant: final and best errors (the mean over seeds), training images/s; relu-vs-tanh:
+                    epochs to 25%; per seed and over seeds (spread.py): the final test errors, the difference
+                    between the variants seed by seed with a 95% interval and the seeds needed to tell it
+                    from noise, and for relu-vs-tanh the ratio of epochs to 25%; the machine and wall time
+    <name>.png      training error (relu-vs-tanh) or test error (lrn, pooling) against epochs, both variants,
+                    one line per seed
 
 The network. The paper's "four-layer convolutional neural network" (Figure 1; §3.3 on CIFAR-10) is not
 specified further. We read it as Krizhevsky's own CIFAR-10 example for cuda-convnet, layers-18pct.cfg
@@ -46,6 +52,8 @@ from .files import atomic_write, cache_dir, write_json, write_text
 from .lrn import LRN
 from .optim import PaperSGD
 from .options import COUNT, SIZE, check, option
+from .runtime import machine
+from .spread import describe, paired, spread
 from .words import count
 
 TARGET_ERROR = 0.25  # Figure 1: the epochs each network needs to reach 25% training error
@@ -198,7 +206,9 @@ class ExperimentConfig:
     out: str | None = option(None, "folder for the figure, curves and results")  # None: runs/experiments/NAME
     epochs: int | None = option(None, "epochs per network", accepts=COUNT)  # None: the experiment's own
     batch_size: int = option(128, "images per mini-batch", accepts=COUNT)
-    seed: int = option(0, "seed of the initial weights, batch order and flips", accepts=SIZE)
+    seed: int = option(0, "seed of the initial weights, batch order and flips (the first, with --seeds)",
+                       accepts=SIZE)
+    seeds: int = option(3, "seeds SEED, SEED+1, ...: both variants trained once for each", accepts=COUNT)
     cache: str = option(DEFAULT_CACHE, "folder for the decoded images (.npz)")
     threads: int | None = option(None, f"CPU threads, or auto: {CORES} (one per core) or 1, whichever trains "
                                        "faster, chosen again each epoch (on a busy machine 1 can be much faster) "
@@ -451,49 +461,63 @@ def run_experiment(config: ExperimentConfig) -> dict:
              else f"{CORES} threads or 1, whichever is faster"))
     inputs = _Inputs(train, setup.pixels)
     threads = torch.get_num_threads()
+    where, started = machine(), time.monotonic()
     try:
         with torch.random.fork_rng(devices=[]):  # the seeds below leave the caller's generator alone
-            curves = [train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
-                                    config.seed, config.threads, config.progress) for variant in setup.variants]
+            runs = [[train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
+                                   seed, config.threads, config.progress) for variant in setup.variants]
+                    for seed in range(config.seed, config.seed + config.seeds)]
     finally:
         torch.set_num_threads(threads)
 
-    write_curves(out / "curves.csv", curves)
-    results = summarize(config.experiment, curves)
+    write_curves(out / "curves.csv", runs, config.seed)
+    results = {**summarize(config.experiment, runs), "machine": where, "wall_seconds": time.monotonic() - started}
     write_json(out / "results.json", results)
-    plot(out / f"{config.experiment}.png", setup, curves)
+    plot(out / f"{config.experiment}.png", setup, runs)
     print(report(config.experiment, results))
     print(f"wrote {out / 'curves.csv'}, {out / 'results.json'} and {out / (config.experiment + '.png')}")
     return results
 
 
-def write_curves(path: Path, curves: list[Curve]) -> None:
-    """One CSV row per variant and epoch."""
+def write_curves(path: Path, runs: list[list[Curve]], first_seed: int = 0) -> None:
+    """One CSV row per variant, epoch and seed (the seeds in turn, from `first_seed`)."""
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["variant", "epoch", "train_error", "test_error", "train_loss", "lr", "seconds", "threads"])
-    for c in curves:
-        for epoch, row in enumerate(zip(c.train_error, c.test_error, c.train_loss, c.lr, c.seconds, strict=True),
-                                    start=1):
-            writer.writerow([c.label, epoch, *(f"{v:.6g}" for v in row), c.threads[epoch - 1]])
+    writer.writerow(["variant", "epoch", "train_error", "test_error", "train_loss", "lr", "seconds", "threads",
+                     "seed"])
+    for seed, curves in enumerate(runs, start=first_seed):
+        for c in curves:
+            for epoch, row in enumerate(zip(c.train_error, c.test_error, c.train_loss, c.lr, c.seconds,
+                                            strict=True), start=1):
+                writer.writerow([c.label, epoch, *(f"{v:.6g}" for v in row), c.threads[epoch - 1], seed])
     write_text(path, table.getvalue())
 
 
-def summarize(experiment: str, curves: list[Curve]) -> dict:
-    """The numbers of results.json: per variant its errors and throughput; for Figure 1, epochs to 25%."""
+def summarize(experiment: str, runs: list[list[Curve]]) -> dict:
+    """The numbers of results.json: per variant its errors and throughput (means over seeds); for Figure 1, epochs
+    to 25% (and their ratio) where every seed reached it; per seed, the spread and the paired differences."""
+    labels = [c.label for c in runs[0]]
+    per_seed = [{c.label: {"final_test_error": c.test_error[-1], "best_test_error": min(c.test_error),
+                           "final_train_error": c.train_error[-1], "images_per_s": c.images / c.train_seconds,
+                           "epochs": len(c.train_error), "epochs_to_25": epochs_to_reach(c.train_error)}
+                 for c in curves} for curves in runs]
     variants = {}
-    for c in curves:
-        variants[c.label] = {
-            "final_test_error": c.test_error[-1], "best_test_error": min(c.test_error),
-            "final_train_error": c.train_error[-1], "images_per_s": c.images / c.train_seconds,
-            "epochs": len(c.train_error),
-        }
-    results = {"experiment": experiment, "paper": EXPERIMENTS[experiment].paper, "variants": variants}
+    for label in labels:
+        values = {k: [seed[label][k] for seed in per_seed] for k in per_seed[0][label]}
+        variants[label] = {k: None if None in v else statistics.fmean(v) for k, v in values.items()}
+        if experiment != "relu-vs-tanh":
+            del variants[label]["epochs_to_25"]
+    first, second = ([seed[label]["final_test_error"] for seed in per_seed] for label in labels)
+    results = {"experiment": experiment, "paper": EXPERIMENTS[experiment].paper, "variants": variants,
+               "seeds": len(runs), "per_seed": per_seed,
+               "spread": {label: spread([seed[label]["final_test_error"] for seed in per_seed]) for label in labels},
+               "difference": {"what": f"final test error, {labels[1]} minus {labels[0]}", **paired(first, second)}}
     if experiment == "relu-vs-tanh":
-        reach = [epochs_to_reach(c.train_error) for c in curves]
-        for c, epochs in zip(curves, reach, strict=True):
-            variants[c.label]["epochs_to_25"] = epochs
+        reach = [variants[label]["epochs_to_25"] for label in labels]
         results["ratio"] = reach[1] / reach[0] if None not in reach else None
+        ratios = [seed[labels[1]]["epochs_to_25"] / seed[labels[0]]["epochs_to_25"] for seed in per_seed
+                  if None not in (seed[labels[0]]["epochs_to_25"], seed[labels[1]]["epochs_to_25"])]
+        results["ratio_spread"] = spread(ratios) if len(ratios) == len(runs) else None
     return results
 
 
@@ -515,12 +539,18 @@ def report(experiment: str, results: dict) -> str:
         else:
             rows.append(f"{relu} did not reach 25% training error within {count(epochs, 'epoch')}"
                         + (f" ({tanh}: {b:.1f})" if b is not None else ", nor did " + tanh))
+    if "difference" in results:
+        d = results["difference"]
+        rows.append(f"{d['what']}: {describe(d)}")
+    if results.get("ratio_spread"):
+        r = results["ratio_spread"]
+        rows.append(f"ratio of epochs to 25% over seeds: {r['mean']:.1f} (range {r['min']:.1f} to {r['max']:.1f})")
     rows.append(f"paper: {results['paper']}")
     return "\n".join(rows)
 
 
-def plot(path: Path, setup: Setup, curves: list[Curve]) -> None:
-    """Both variants' training or test error against epochs, as a 640×480 PNG."""
+def plot(path: Path, setup: Setup, runs: list[list[Curve]]) -> None:
+    """Both variants' training or test error against epochs, one line per seed, as a 640×480 PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -528,16 +558,20 @@ def plot(path: Path, setup: Setup, curves: list[Curve]) -> None:
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for c, style in zip(curves, ("-", "--"), strict=True):  # Figure 1: ReLU solid, tanh dashed
-        errors = c.train_error if setup.curve == "train" else c.test_error
-        ax.plot(range(1, len(errors) + 1), errors, style, marker="o", markersize=3, label=c.label)
+    for seed, curves in enumerate(runs):
+        for c, style, colour in zip(curves, ("-", "--"), ("C0", "C1"), strict=True):  # Figure 1: ReLU solid
+            errors = c.train_error if setup.curve == "train" else c.test_error
+            ax.plot(range(1, len(errors) + 1), errors, style, color=colour, marker="o", markersize=3,
+                    label=c.label if seed == 0 else None, alpha=1 if len(runs) == 1 else 0.6)
+    curves = [c for cs in runs for c in cs]
     if setup.curve == "train":
         ax.axhline(TARGET_ERROR, color="gray", linestyle=":", linewidth=1, label="25% training error")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max(len(c.train_error) for c in curves) + 0.5)
     ax.set_xlabel("epochs")
     ax.set_ylabel("training error rate" if setup.curve == "train" else "test error rate")
-    ax.set_title(f"CIFAR-10, four-layer CNN: {setup.title}")
+    ax.set_title(f"CIFAR-10, four-layer CNN: {setup.title}"
+                 + (f", {len(runs)} seeds" if len(runs) > 1 else ""))
     if setup.curve == "train":  # Figure 1's scale; test errors are left to autoscale, to show small gaps
         ax.set_ylim(0, max(0.8, *(max(c.train_error) for c in curves)))
     ax.grid(alpha=0.3)

@@ -5,6 +5,10 @@
     owt           torchvision's one-tower "one weird trick" layout and state-dict keys     61,100,840 params
     caffenet      Caffe's reference CaffeNet: pooling before LRN, Caffe's LRN across all channels
     half          §3.2's one-tower net: half the kernels of conv1-conv4; conv5, fc as paper 59,798,312 params
+
+The paper and paper-1tower layouts also come scaled, for the ablations on a CPU (ablations.py): `width`
+times the kernels and units of every hidden layer, on smaller inputs (any side whose maps keep conv5's
+pooling, from 64 on), and with one middle convolutional layer removed (§7, `remove_layer`).
 """
 
 import torch
@@ -19,24 +23,35 @@ INITS = ("paper", "caffe", "torchvision")
 PAPER_CLASSES = 1000  # from this many classes on, §5's initialization trains at §5's learning rate (ImageNet)
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 KERNELS = (96, 256, 384, 384, 256)  # §3.5: conv1-conv5
+FC = 4096  # §3.5: the units of fc6 and fc7
 # §3.2's one-GPU net: half the kernels in each convolutional layer but the last, which keeps its size, as do the
 # fully connected layers after it (the paper's footnote: most parameters are in fc6, which takes conv5 as input)
 HALF_KERNELS = (48, 128, 192, 192, 256)
+MIDDLE = ("conv3", "conv4", "conv5")  # §7: "removing any of the middle convolutional layers"
+WIDTHS = (1.0, 0.5, 0.25, 0.125)  # kernels per layer as a fraction of the paper's (every count stays even)
 
 
 class AlexNet(nn.Module):
     """The paper's network: five convolutional and three fully connected layers (§3.5)."""
 
     def __init__(self, num_classes: int = 1000, towers: int = 2, lrn: str = "paper", lrn_towers: int | None = None,
-                 pool_before_lrn: bool = False, dropout: float = 0.5, kernels: tuple[int, ...] = KERNELS):
+                 pool_before_lrn: bool = False, dropout: float = 0.5, kernels: tuple[int, ...] = KERNELS,
+                 width: float = 1.0, side: int = 227):
         super().__init__()
-        self.towers = towers
+        if width not in WIDTHS:
+            raise InputError(f"width {width:g}: expected one of {', '.join(f'{w:g}' for w in WIDTHS)}")
+        maps = conv5_maps(side)
+        if maps < 1 or (side - 11) % 4:
+            raise InputError(f"an input of {side}×{side}: AlexNet takes sides from 67 on that are 3 more than a "
+                             "multiple of 4, or 3 less than one (224, 64), padded by 3")
+        self.towers, self.side, self.removed = towers, side, ""
         self.pool_before_lrn = pool_before_lrn
         lrn_towers = towers if lrn_towers is None else lrn_towers
         # §3.5: conv2, conv4 and conv5 are connected only to the kernel maps of their own tower (GPU);
         # conv3 and the fully connected layers see both.
         # lrn1 and lrn2 apply conv1's and conv2's ReLU themselves (fused), except when pooling comes first.
-        k1, k2, k3, k4, k5 = kernels
+        k1, k2, k3, k4, k5 = (round(n * width) for n in kernels)
+        fc = round(FC * width)
         self.conv1 = nn.Conv2d(3, k1, 11, stride=4)
         self.lrn1 = LRN(lrn, lrn_towers, relu=not pool_before_lrn)
         self.conv2 = nn.Conv2d(k1, k2, 5, padding=2, groups=towers)
@@ -45,9 +60,9 @@ class AlexNet(nn.Module):
         self.conv4 = nn.Conv2d(k3, k4, 3, padding=1, groups=towers)
         self.conv5 = nn.Conv2d(k4, k5, 3, padding=1, groups=towers)
         self.pool = nn.MaxPool2d(3, stride=2)  # §3.4: overlapping pooling, z = 3, s = 2
-        self.fc6 = nn.Linear(k5 * 6 * 6, 4096)
-        self.fc7 = nn.Linear(4096, 4096)
-        self.fc8 = nn.Linear(4096, num_classes)
+        self.fc6 = nn.Linear(k5 * maps * maps, fc)
+        self.fc7 = nn.Linear(fc, fc)
+        self.fc8 = nn.Linear(fc, num_classes)
         self.dropout = nn.Dropout(dropout)  # §4.2: on the outputs of fc6 and fc7
 
     def _relu_norm_pool(self, lrn: LRN, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +73,12 @@ class AlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The convolutional part: 256×6×6 maps after conv5 and its pooling."""
-        x = self._relu_norm_pool(self.lrn1, self.conv1(paper_input(x)))
+        x = self._relu_norm_pool(self.lrn1, self.conv1(paper_input(x, self.side)))
         x = self._relu_norm_pool(self.lrn2, self.conv2(x))
-        x = F.relu(self.conv3(x), inplace=True)
-        x = F.relu(self.conv4(x), inplace=True)
-        return self.pool(F.relu(self.conv5(x), inplace=True))
+        for name in MIDDLE:
+            if name != self.removed:
+                x = F.relu(getattr(self, name)(x), inplace=True)
+        return self.pool(x)
 
     def forward_fc7(self, x: torch.Tensor) -> torch.Tensor:
         """The 4096-d fc7 activations after ReLU, the image descriptor of §6.1."""
@@ -75,19 +91,56 @@ class AlexNet(nn.Module):
 
     def layers(self) -> dict[str, nn.Module]:
         """The eight learned layers by their paper names."""
-        return {name: getattr(self, name) for name in LAYERS}
+        return {name: getattr(self, name) for name in LAYERS if name != self.removed}
+
+    def remove_layer(self, name: str) -> None:
+        """§7: take out one middle convolutional layer; its neighbours keep their initial weights, cut to fit.
+
+        Without conv3, conv4 sees conv2's maps (the first of its input weights per tower); without conv5,
+        conv4 makes as many maps as conv5 did (the first of its kernels per tower), so fc6 is unchanged;
+        conv4 goes without a change elsewhere. Every remaining weight is one of the full network's."""
+        if name not in MIDDLE:
+            raise InputError(f"cannot remove {name!r}; a middle convolutional layer is one of {', '.join(MIDDLE)}")
+        conv4, groups = self.conv4, self.conv4.groups
+        if name == "conv3":
+            inputs = self.conv2.out_channels // groups
+            kept = torch.arange(conv4.out_channels)
+            weight = conv4.weight[:, :inputs]
+        elif name == "conv5":
+            per, keep = conv4.out_channels // groups, self.conv5.out_channels // groups
+            kept = torch.cat([torch.arange(g * per, g * per + keep) for g in range(groups)])
+            weight = conv4.weight[kept]
+        if name != "conv4":
+            self.conv4 = nn.Conv2d(weight.shape[1] * groups, len(kept), 3, padding=1, groups=groups)
+            with torch.no_grad():
+                self.conv4.weight.copy_(weight)
+                self.conv4.bias.copy_(conv4.bias[kept])
+        delattr(self, name)
+        self.removed = name
 
     def conv1_towers(self) -> list[torch.Tensor]:
         """conv1's kernels, one (kernels, 3, 11, 11) block per tower (Figure 3)."""
         return list(self.conv1.weight.detach().chunk(self.towers))
 
 
-def paper_input(x: torch.Tensor) -> torch.Tensor:
+def conv5_maps(side: int) -> int:
+    """The side of conv5's pooled maps for a side×side input: 6 for 227 (Figure 2), 1 for 67."""
+    for stride, size in ((4, 11), (2, 3), (2, 3), (2, 3)):  # conv1, then the three pooling layers
+        side = (side - size) // stride + 1
+    return side
+
+
+def input_side(crop: int) -> int:
+    """The input side a crop is padded to: 227 for 224 (SPEC §1.1), 67 for 64; other crops as they are."""
+    return crop + 3 if (crop - 8) % 4 == 0 else crop
+
+
+def paper_input(x: torch.Tensor, side: int = 227) -> torch.Tensor:
     """Check the input; pad 224×224 right and bottom by 3, as cuda-convnet's rounding does (SPEC §1.1)."""
-    if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) not in ((224, 224), (227, 227)):
-        raise InputError(f"AlexNet expects images of shape (N, 3, 227, 227) or (N, 3, 224, 224), "
+    if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) not in ((side - 3, side - 3), (side, side)):
+        raise InputError(f"AlexNet expects images of shape (N, 3, {side}, {side}) or (N, 3, {side - 3}, {side - 3}), "
                          f"got {tuple(x.shape)}")
-    return F.pad(x, (0, 3, 0, 3)) if x.shape[2] == 224 else x
+    return F.pad(x, (0, 3, 0, 3)) if x.shape[2] == side - 3 else x
 
 
 class OWTAlexNet(nn.Module):
@@ -172,8 +225,9 @@ def default_init(arch: str, classes: int) -> tuple[str, str]:
 
 
 def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = None, init: str | None = None,
-                dropout: float = 0.5) -> nn.Module:
-    """One of ARCHS, initialized by `init` (default: see default_init)."""
+                dropout: float = 0.5, width: float = 1.0, crop: int = 224, remove: str | None = None) -> nn.Module:
+    """One of ARCHS, initialized by `init` (default: see default_init); the paper's layouts also `width` times
+    as wide, for `crop`×`crop` inputs, without the middle layer `remove`."""
     if arch not in ARCHS:
         raise InputError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     if num_classes < 1:
@@ -181,12 +235,19 @@ def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = 
     if arch == "owt":
         if lrn not in (None, "none"):
             raise InputError("the owt architecture has no LRN layers")
+        if width != 1.0 or remove:
+            raise InputError("the owt architecture comes at the paper's width, with all its layers")
         model = OWTAlexNet(num_classes, dropout)
     elif arch == "caffenet":
-        model = AlexNet(num_classes, 2, lrn or "caffe", lrn_towers=1, pool_before_lrn=True, dropout=dropout)
+        model = AlexNet(num_classes, 2, lrn or "caffe", lrn_towers=1, pool_before_lrn=True, dropout=dropout,
+                        width=width, side=input_side(crop))
     elif arch == "half":
-        model = AlexNet(num_classes, 1, lrn or "paper", dropout=dropout, kernels=HALF_KERNELS)
+        model = AlexNet(num_classes, 1, lrn or "paper", dropout=dropout, kernels=HALF_KERNELS, width=width,
+                        side=input_side(crop))
     else:
-        model = AlexNet(num_classes, 2 if arch == "paper" else 1, lrn or "paper", dropout=dropout)
+        model = AlexNet(num_classes, 2 if arch == "paper" else 1, lrn or "paper", dropout=dropout, width=width,
+                        side=input_side(crop))
     init_weights(model, init or default_init(arch, num_classes)[0])
+    if remove:  # after the initialization, so that every remaining weight is the full network's
+        model.remove_layer(remove)
     return model

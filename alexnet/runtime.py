@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,13 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """Where a measurement was made: CPU model and instruction set, cores, GPU, PyTorch, and when."""
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def _probed(workload: str, probe: Callable[[str], float]) -> dict[str, float]:

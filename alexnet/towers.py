@@ -117,7 +117,9 @@ class Tower(nn.Module):
 
     def __init__(self, network: AlexNet, pair: Pair):
         super().__init__()
-        self.pair, self.dropout_p = pair, network.dropout.p
+        if network.removed:
+            raise InputError(f"--parallel towers splits the whole network, not one without {network.removed}")
+        self.pair, self.dropout_p, self.side = pair, network.dropout.p, network.side
         self.widths = {name: layer.weight.shape[0] for name, layer in network.layers().items()}  # the whole layers'
         for name, layer in network.layers().items():
             setattr(self, name, _rows(layer, pair.tower))
@@ -141,7 +143,7 @@ class Tower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores (logits) of a batch, the whole of them on both processes of the pair."""
-        x = self.pool(self.lrn1(self.conv1(paper_input(x))))
+        x = self.pool(self.lrn1(self.conv1(paper_input(x, self.side))))
         x = self.pool(self.lrn2(self.conv2(x)))
         x = F.relu(self.conv3(self._both(x)), inplace=True)
         x = F.relu(self.conv4(x), inplace=True)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import checkpoint
-from .data.augment import train_batch
+from .data.augment import COLOUR_STD, center_crop, train_batch
 from .data.folders import BadImageError, preprocess
 from .data.loader import Loader
 from .data.sources import data_root, describe, is_store, open_split, split_names
@@ -38,9 +38,9 @@ from .figures import plot_curves
 from .files import link_or_copy, write_json, write_text
 from .inference import Network, network
 from .lrn import MODES
-from .model import ARCHS, INITS, PAPER_CLASSES, build_model, default_init
+from .model import ARCHS, INITS, MIDDLE, PAPER_CLASSES, WIDTHS, build_model, default_init
 from .optim import SCHEDULES, Schedule, build_optimizer
-from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, check, option, resumed
+from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, Accepts, check, option, resumed
 from .runtime import PRECISIONS, autocast, choose_device, choose_precision
 from .towers import Pair, Tower, place
 from .words import count
@@ -56,6 +56,8 @@ PARALLEL = ("data", "towers")
 READ_EVERY = 20  # steps between reading the loss back from a GPU
 PROBE_BATCH = 64  # images per step in the timing of --precision auto
 RECIPE_SAMPLE = 2000  # images that estimate the mean image and RGB PCA when training straight from JPEGs
+AUGMENTATIONS = ("paper", "crops", "none")
+CROP = Accepts("a whole number of at least 64", lambda v: v >= 64)
 
 
 @dataclass
@@ -71,6 +73,10 @@ class TrainConfig:
                                     "default with fewer, on which §5's dies; the architecture's own for owt and "
                                     "caffenet)", section="§5", choices=INITS)
     dropout: float = option(0.5, "dropout probability on fc6 and fc7", section="§4.2", accepts=FRACTION)
+    width: float = option(1.0, "kernels and units of every hidden layer, as a fraction of the paper's (paper, "
+                               "paper-1tower and caffenet)", section="§3.5", choices=WIDTHS)
+    remove: str | None = option(None, "a middle convolutional layer to leave out (default: none)", section="§7",
+                                choices=MIDDLE)
     epochs: int | None = option(None, f"epochs (default: {PAPER_EPOCHS}, or as many as --minutes allows; with "
                                       "--minutes, the most it trains)", section="§5", accepts=COUNT, resume=True)
     minutes: float | None = option(None, "a time budget from the command's start: the first epoch's speed decides "
@@ -90,15 +96,19 @@ class TrainConfig:
     max_drops: int = option(3, "plateau: at most this many drops", section="§5", accepts=SIZE)
     step_size: int = option(30, "step: epochs between drops", accepts=COUNT)
     warmup_epochs: float = option(0.0, "linear warm-up, in epochs", accepts=AMOUNT)
-    crop: int = option(224, "training crop size", section="§4.1", choices=(224, 227))
+    crop: int = option(224, "training crop size (224 or 227; smaller for the paper's layout on smaller images: "
+                            "64, 67, 96, 99, ...)", section="§4.1", accepts=CROP)
     parallel: str | None = option(None, "how torchrun's processes share the work: data (default): a whole network "
                                         "on each (DDP); towers: a network on each pair of processes, one tower on "
                                         "each, communicating only at conv3 and the fully connected layers, the pairs "
                                         "data-parallel (--arch paper, an even number of processes)", section="§3.2",
                                   choices=PARALLEL, resume=True)
+    augment: str = option("paper", "training augmentation: paper (random crops, mirrors, PCA colour noise), "
+                                   "crops (without the colour noise), none (the centre crop)", section="§4.1",
+                          choices=AUGMENTATIONS)
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", resume=True)
-    precision: str = option("auto", "auto: bf16 on GPUs and AMX CPUs, fp32 elsewhere; fp16 uses loss scaling",
-                            choices=PRECISIONS, resume=True)
+    precision: str = option("auto", "auto: bf16 on a GPU; on a CPU the faster of fp32 and bf16, timed once per "
+                                    "machine; fp16 uses loss scaling", choices=PRECISIONS, resume=True)
     channels_last: bool = option(True, "keep tensors in NCHW memory order", resume=True)
     compile: bool = option(False, "torch.compile the network", resume=True)
     workers: int = option(2, "decoding processes when reading JPEG folders", accepts=SIZE, resume=True)
@@ -345,7 +355,8 @@ class Trainer:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.arch, len(data.classes), cfg.lrn, cfg.init, cfg.dropout).to(self.device)
+        self.model = build_model(cfg.arch, len(data.classes), cfg.lrn, cfg.init, cfg.dropout, cfg.width, cfg.crop,
+                                 cfg.remove).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.batch = cfg.batch_size // (pair.pairs if pair else world)  # this process's images per step
@@ -413,6 +424,7 @@ class Trainer:
     def info(self) -> dict:
         """What a checkpoint says about the network, beside its weights (inference.Network.info)."""
         return {"arch": self.cfg.arch, "lrn": self.cfg.lrn, "dropout": self.cfg.dropout, "crop": self.cfg.crop,
+                "width": self.cfg.width, "remove": self.cfg.remove,
                 "classes": self.data.classes, "names": self.data.names,
                 "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "progress"}}
 
@@ -549,7 +561,11 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            x = train_batch(images, self.recipe, cfg.crop, cfg.seed, self.epoch, indices)
+            if cfg.augment == "none":
+                x = center_crop(images, self.recipe, cfg.crop)
+            else:  # §4.1: the PCA colour noise only in the paper's augmentation
+                x = train_batch(images, self.recipe, cfg.crop, cfg.seed, self.epoch, indices,
+                                COLOUR_STD if cfg.augment == "paper" else 0.0)
             with autocast(self.device, self.precision):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), labels)

@@ -195,19 +195,20 @@ def read_png_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-@pytest.mark.parametrize("name, epochs", [("relu-vs-tanh", 2), ("lrn", 1), ("pooling", 1)])
-def test_experiment_runs_end_to_end(tmp_path, capsys, name, epochs):
+@pytest.mark.parametrize("name, epochs, seeds", [("relu-vs-tanh", 2, 1), ("lrn", 1, 2), ("pooling", 1, 1)])
+def test_experiment_runs_end_to_end(tmp_path, capsys, name, epochs, seeds):
     data = cifar_folder(tmp_path / "cifar")
     out = tmp_path / "out"
     main(["experiment", name, "--data", str(data), "--epochs", str(epochs), "--batch-size", "50", "--out", str(out),
-          "--cache", str(tmp_path / "cache")])
+          "--cache", str(tmp_path / "cache"), "--seeds", str(seeds), "--seed", "3"])
     printed = capsys.readouterr().out
     assert f"{name}: 200 training and 50 test images, {epochs} epoch{'s' if epochs > 1 else ''}, batch 50" in printed
     assert read_png_size(out / f"{name}.png") == (640, 480)
     with (out / "curves.csv").open() as f:
         rows = list(csv.DictReader(f))
     labels = [v.label for v in EXPERIMENTS[name].variants]
-    assert [(r["variant"], int(r["epoch"])) for r in rows] == [(v, e) for v in labels for e in range(1, epochs + 1)]
+    assert [(r["variant"], int(r["epoch"]), int(r["seed"])) for r in rows] == [
+        (v, e, s) for s in range(3, 3 + seeds) for v in labels for e in range(1, epochs + 1)]
     assert {int(r["threads"]) for r in rows} == {torch.get_num_threads()}  # 4 steps an epoch: too few to try 1 thread
     for r in rows:
         assert 0 <= float(r["train_error"]) <= 1 and 0 <= float(r["test_error"]) <= 1
@@ -218,6 +219,12 @@ def test_experiment_runs_end_to_end(tmp_path, capsys, name, epochs):
     assert ("ratio" in results) == (name == "relu-vs-tanh")
     assert json.loads((out / "config.json").read_text())["epochs"] == epochs
     assert "paper:" in printed
+    assert results["seeds"] == seeds and len(results["per_seed"]) == seeds
+    finals = [seed[labels[0]]["final_test_error"] for seed in results["per_seed"]]
+    assert results["variants"][labels[0]]["final_test_error"] == pytest.approx(sum(finals) / seeds)
+    assert results["spread"][labels[0]]["values"] == finals
+    assert (results["difference"]["interval"] is None) == (seeds == 1)
+    assert results["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_decoded_images_are_cached(tmp_path, monkeypatch):

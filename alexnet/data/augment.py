@@ -12,6 +12,8 @@ import torch
 from ..kernels import cpu_kernels
 from .stats import Recipe
 
+COLOUR_STD = 0.1  # §4.1: the PCA colour noise draws each α_i from N(0, 0.1)
+
 
 def _windows(images: torch.Tensor, crop: int) -> torch.Tensor:
     """A view (N, S−crop+1, S−crop+1, crop, crop, 3) whose [n, top, left] is the window at (top, left)."""
@@ -54,7 +56,7 @@ def uniforms(seed: int, epoch: int, indices: np.ndarray, count: int) -> np.ndarr
 
 
 def train_batch(images: torch.Tensor, recipe: Recipe, crop: int, seed: int, epoch: int, indices: np.ndarray,
-                colour_std: float = 0.1) -> torch.Tensor:
+                colour_std: float = COLOUR_STD) -> torch.Tensor:
     """§4.1: a random crop×crop patch, mirrored with probability 1/2, PCA colour noise, mean subtracted.
 
     The draws of image `indices[b]` depend on (seed, epoch, index) only: not on the batch it is in,
