@@ -150,8 +150,14 @@ def test_a_pair_trains_as_one_process_step_by_step_and_either_resumes_the_other(
     # one checkpoint of the whole network, as one process writes it, read by what reads those
     a, b = (checkpoint.load(tmp_path / name / "last.pt") for name in ("one", "towers"))
     assert list(a["model"]) == list(b["model"]) and b["config"]["parallel"] == "towers"
+    torch.manual_seed(0)  # the runs' initial weights: the trainer seeds, then builds
+    init = build_model("paper", 4, init="torchvision").state_dict()
     for name, value in a["model"].items():
-        assert torch.allclose(b["model"][name], value, rtol=1e-4, atol=1e-6), name
+        moved = value - init[name]
+        assert 0 < moved.abs().max() < 5e-3, name  # those are the initial weights: three steps move them little
+        # float32 sums in another order (the towers' split layers, gloo's sums) differ by about a thousandth of
+        # what the three steps moved the weights (measured); a wrong gradient differs by as much as the move
+        assert (b["model"][name] - value).norm() <= 1e-2 * moved.norm(), name
     checkpoint.model_from(b)
     rows = [json.loads((tmp_path / name / "metrics.jsonl").read_text()) for name in ("one", "towers")]
     assert rows[1]["val_images"] == rows[0]["val_images"] == 24  # each validation image counted once
