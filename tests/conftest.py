@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from alexnet.cli import main
 from alexnet.data.folders import DEFAULT_DATA
 from alexnet.data.store import prepare
 
@@ -105,3 +106,12 @@ def kill_when(module: str, name: str, condition: str, *argv: str) -> None:
         proc.stdin.close()
         errors.seek(0)
         assert hooked, f"the process ended before {module}.{name} met {condition}:\n{errors.read()[-3000:]}"
+
+
+def one_line_error(capsys, argv: list[str], fragment: str) -> None:
+    """`alexnet ARGV` in this process ends with exit status 2 and one line on stderr holding `fragment`."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import kill_when, photo_folder
+from conftest import kill_when, one_line_error, photo_folder
 from PIL import Image
 
 from alexnet import checkpoint
-from alexnet.cli import _parser, main
+from alexnet.cli import _parser
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import preprocess
 from alexnet.data.store import Store, prepare
@@ -247,14 +247,6 @@ def test_resumed_extraction_after_kill_equals_an_uninterrupted_one(store, ckpts,
     assert np.array_equal(a.features, b.features) and np.array_equal(a.labels, b.labels) and a.files == b.files
     batched = torch.from_numpy(np.array(Features(features).features))  # batches of 7: equal up to rounding
     assert torch.allclose(torch.from_numpy(np.array(b.features)), batched, atol=1e-5)
-
-
-def one_line_error(capsys, argv: list[str], fragment: str) -> None:
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], lines
 
 
 def test_bad_inputs_are_one_line_errors(photos, store, ckpts, features, tmp_path, capsys):

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 import torchvision
-from conftest import photo_store
+from conftest import one_line_error, photo_store
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -48,14 +48,6 @@ def ckpts(tmp_path_factory):
         checkpoint.save(paths[arch], {**snapshot, "arch": arch, "lrn": None, "model": model.state_dict()})
     yield paths
     shutil.rmtree(out)  # about 1 GB: freed when the module is done
-
-
-def one_line_error(capsys, argv: list[str], fragment: str) -> None:
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    assert stop.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], lines
 
 
 @pytest.mark.parametrize("arch", ARCHS)
