@@ -6,7 +6,8 @@
 
 The archive comes into DST/<archive>.part. An interrupted download continues from where it stopped with
 an HTTP Range request (a server that ignores the request sends the whole file, and it starts over).
-The complete file's size and SHA-256 are checked against the published values in ARCHIVES before
+The complete file's size and checksum (SHA-256; MD5 where only that is published) are checked against the
+published values in ARCHIVES before
 anything is unpacked; a file that fails is removed, and nothing else. Unpacking refuses the whole archive,
 before it writes a file, if any member is a link, a device file, an absolute path or climbs out with "..".
 The environment variable ALEXNET_DOWNLOAD_URL fetches the same file names from a mirror (the checksums
@@ -38,12 +39,18 @@ CIFAR10_BATCHES = {**{f"cifar-10-batches-py/data_batch_{i}": "train" for i in ra
 
 @dataclass(frozen=True)
 class Archive:
-    """One published archive: its address, size and SHA-256, and how it is laid out."""
+    """One published archive: its address, size and checksum, and how it is laid out."""
 
     url: str
     size: int  # bytes
-    sha256: str
+    digest: str  # hex, of the algorithm below
     layout: str  # "imagenet": <name>/train/<wnid>/*.JPEG and <name>/val/<wnid>/*.JPEG; "cifar": pickled batches
+    algorithm: str = "sha256"  # or "md5", where the publisher gives no SHA-256
+
+    @property
+    def checksum(self) -> str:
+        """The checksum's name as messages say it: SHA-256 or MD5."""
+        return {"sha256": "SHA-256", "md5": "MD5"}[self.algorithm]
 
     @property
     def filename(self) -> str:
@@ -63,9 +70,16 @@ ARCHIVES = {
                                "569b4497c98db6dd29f335d1f109cf315fe127053cedf69010d047f0188e158c", "imagenet"),
     "imagenette2-160": Archive(_FASTAI + "imagenette2-160.tgz", 99_003_388,
                                "64d0c4859f35a461889e0147755a999a48b49bf38a7e0f9bd27003f10db02fe5", "imagenet"),
-    # Imagewoof is left out: the only SHA-256 published for it (TensorFlow Datasets, url_checksums/imagewoof.txt)
-    # is of files of 1343482285, 328288506 and 92560471 bytes, which fastai has since replaced with files of
-    # 1343715595, 328387740 and 92612825 bytes (fastai/data/checks.txt, md5 only): no SHA-256 of those was found.
+    # Imagewoof (the same site): the only SHA-256 published for it (TensorFlow Datasets, url_checksums/imagewoof.txt)
+    # is of files of 1343482285, 328288506 and 92560471 bytes, which fastai has since replaced with the files of
+    # these sizes; for those fastai's table (fastai/data/checks.txt) gives an MD5 only, which torchvision's
+    # Imagewoof data set (torchvision/datasets/imagenette.py) checks too: size and MD5 it is.
+    "imagewoof2": Archive(_FASTAI + "imagewoof2.tgz", 1_343_715_595, "9aafe18bcdb1632c4249a76c458465ba", "imagenet",
+                          "md5"),
+    "imagewoof2-320": Archive(_FASTAI + "imagewoof2-320.tgz", 328_387_740, "0f46d997ec2264e97609196c95897a44",
+                              "imagenet", "md5"),
+    "imagewoof2-160": Archive(_FASTAI + "imagewoof2-160.tgz", 92_612_825, "3d200a7be99704a0d7509be2a9fbfe15",
+                              "imagenet", "md5"),
     # CIFAR-10, python version (www.cs.toronto.edu/~kriz/cifar.html): SHA-256 from TensorFlow Datasets,
     # tensorflow_datasets/url_checksums/cifar10.csv, the same as Keras's (keras/datasets/cifar10.py, file_hash);
     # size: the server's Content-Length, 170498071, as download logs of Keras and wget show it.
@@ -106,15 +120,15 @@ def fetch(archive: Archive, dst: Path, base_url: str | None = None, progress: bo
     path = dst / archive.filename
     if path.exists():
         if not _matches(path, archive, progress):
-            raise InputError(f"{path} is not the published {archive.filename} (its size or SHA-256 differs): "
-                             "left as it is; move it away to download again")
+            raise InputError(f"{path} is not the published {archive.filename} (its size or {archive.checksum} "
+                             "differs): left as it is; move it away to download again")
         return path
     url = base_url.rstrip("/") + "/" + archive.filename if base_url else archive.url
     part = path.with_name(path.name + ".part")
     _download(url, part, archive.size, progress)
     if not _matches(part, archive, progress):
         part.unlink()
-        raise InputError(f"{url} does not match its published SHA-256 {archive.sha256}: removed {part}, "
+        raise InputError(f"{url} does not match its published {archive.checksum} {archive.digest}: removed {part}, "
                          f"nothing else in {dst} was touched")
     part.replace(path)
     return path
@@ -163,16 +177,16 @@ def _response_range(response: HTTPResponse) -> tuple[int | None, int | None]:
 
 
 def _matches(path: Path, archive: Archive, progress: bool) -> bool:
-    """Whether the file at `path` has the archive's published size and SHA-256."""
+    """Whether the file at `path` has the archive's published size and checksum."""
     if path.stat().st_size != archive.size:
         return False
-    digest = hashlib.sha256()
+    digest = hashlib.new(archive.algorithm)
     with open(path, "rb") as f, tqdm(total=archive.size, unit="B", unit_scale=True, unit_divisor=1024,
                                      desc=f"verify {path.name}", disable=not progress) as bar:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))
-    return digest.hexdigest() == archive.sha256
+    return digest.hexdigest() == archive.digest
 
 
 def extract(path: Path, dst: Path, progress: bool = True) -> None:

@@ -110,12 +110,12 @@ def imagenette(name: str = "imagenette2-160", train: int = 3, val: int = 1, nois
 
 
 def publish(monkeypatch, site: Site, name: str, data: bytes, layout: str = "imagenet", filename: str | None = None,
-            sha256: str | None = None) -> None:
-    """Serve `data` as the archive of `name` and put it in the table with its size and SHA-256 (or `sha256`)."""
+            sha256: str | None = None, algorithm: str = "sha256") -> None:
+    """Serve `data` as the archive of `name` and put it in the table with its size and checksum (or `sha256`)."""
     filename = filename or f"{name}.tgz"
     site.files[f"/{filename}"] = data
-    digest = sha256 or hashlib.sha256(data).hexdigest()
-    monkeypatch.setitem(dl.ARCHIVES, name, dl.Archive(f"{site.url}/{filename}", len(data), digest, layout))
+    digest = sha256 or hashlib.new(algorithm, data).hexdigest()
+    monkeypatch.setitem(dl.ARCHIVES, name, dl.Archive(f"{site.url}/{filename}", len(data), digest, layout, algorithm))
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -165,6 +165,19 @@ def users_files(dst: Path) -> None:
     (dst / "imagenette2-160" / "train").mkdir(parents=True)
     (dst / "notes.txt").write_text("mine")
     (dst / "imagenette2-160" / "train" / "mine.JPEG").write_bytes(jpeg((1, 2, 3)))
+
+
+def test_imagewoof_is_verified_by_its_published_md5(site, monkeypatch, tmp_path):
+    files = imagenette("imagewoof2-160")
+    data = tar_gz([regular(n, d) for n, d in files.items()])
+    publish(monkeypatch, site, "imagewoof2-160", data, algorithm="md5")
+    assert dl.download("imagewoof2-160", tmp_path / "ok", progress=False) == tmp_path / "ok" / "imagewoof2-160"
+    assert tree(tmp_path / "ok") == {"imagewoof2-160.tgz": data, **files}
+    wrong = hashlib.md5(data[:-1]).hexdigest()
+    publish(monkeypatch, site, "imagewoof2-160", data, sha256=wrong, algorithm="md5")
+    with pytest.raises(InputError, match=f"does not match its published MD5 {wrong}: removed"):
+        dl.download("imagewoof2-160", tmp_path / "bad", progress=False)
+    assert list((tmp_path / "bad").iterdir()) == []
 
 
 def test_a_checksum_mismatch_removes_only_its_own_download(site, monkeypatch, tmp_path):
@@ -294,8 +307,8 @@ def test_prepare_makes_a_store_of_the_unpacked_folder(site, monkeypatch, tmp_pat
 
 def test_bad_input_is_refused_before_any_request(site, monkeypatch, tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(InputError, match="unknown data set 'imagewoof2'"):
-        dl.download("imagewoof2", tmp_path / "data")
+    with pytest.raises(InputError, match="unknown data set 'imagewoof3'"):
+        dl.download("imagewoof3", tmp_path / "data")
     with pytest.raises(InputError, match="is a file, not a folder"):
         dl.download("imagenette2-160", tmp_path / "file")
     with pytest.raises(InputError, match="cifar10 is not prepared into a store"):
@@ -308,8 +321,10 @@ def test_bad_input_is_refused_before_any_request(site, monkeypatch, tmp_path):
 
 def test_the_table_lists_the_published_archives():
     for name, archive in dl.ARCHIVES.items():
-        assert archive.url.startswith("https://") and re.fullmatch("[0-9a-f]{64}", archive.sha256)
+        assert archive.url.startswith("https://") and archive.algorithm == ("md5" if "woof" in name else "sha256")
+        assert re.fullmatch(f"[0-9a-f]{{{2 * hashlib.new(archive.algorithm).digest_size}}}", archive.digest)
         assert archive.filename == ("cifar-10-python.tar.gz" if name == "cifar10" else f"{name}.tgz")
+    assert [name for name in dl.ARCHIVES if "woof" in name] == ["imagewoof2", "imagewoof2-320", "imagewoof2-160"]
     assert dl.ARCHIVES["imagenette2-160"].url == "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz"
 
 
@@ -329,7 +344,7 @@ def test_cli_checksum_mismatch_is_one_line_and_status_2(site, tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
         f"alexnet download: error: {site.url}/imagenette2-160.tgz does not match its published SHA-256 "
-        f"{published.sha256}: removed {dst / 'imagenette2-160.tgz.part'}, nothing else in {dst} was touched"]
+        f"{published.digest}: removed {dst / 'imagenette2-160.tgz.part'}, nothing else in {dst} was touched"]
     assert tree(dst) == before and site.ranges == [None]
 
 
