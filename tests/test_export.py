@@ -1,11 +1,14 @@
 """Weights in and out: export to safetensors, ONNX and torch.export with their metadata, torchvision's weights
 in and `owt` back out to torchvision, and torch.hub."""
 
+import copy
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -18,6 +21,7 @@ from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import DEFAULT_DATA, imagenet_classes, preprocess
+from alexnet.data.store import Store
 from alexnet.errors import InputError
 from alexnet.evaluate import evaluate_checkpoints, predict
 from alexnet.export import check, export, read_metadata
@@ -163,6 +167,43 @@ def test_torchvision_weights_come_in_with_its_preprocessing_and_go_back_out(torc
     meta = read_metadata(tmp_path / "tv.safetensors")["preprocessing"]
     assert (meta["resize_size"], meta["crop_size"], meta["mean_image"]) == (256, 224, False)
     assert meta["mean"] == pytest.approx(theirs.mean) and meta["std"] == pytest.approx(theirs.std)
+
+
+def test_imported_torchvision_weights_evaluate_on_an_imagenet_store(torchvision_weights, tmp_path, capsys):
+    """`alexnet eval --data STORE` of torchvision's weights on ImageNet's own validation layout (a flat folder
+    and LOC_val_solution.csv, no train split: all 1000 classes), against torchvision's network on the store's
+    pixels normalized as torchvision's transforms normalize them. fc8's rows of the photos' 10 classes are their
+    mean fc7 features (the others 0), so that the errors depend on each photo and on its label's index."""
+    net = copy.deepcopy(torchvision_weights[1])
+    photos = sorted((DEFAULT_DATA / "val").glob("*/*"))[::10]  # 2 of each of the 10 classes
+    (tmp_path / "imagenet" / "val").mkdir(parents=True)
+    rows = []
+    for n, photo in enumerate(photos, start=1):
+        shutil.copy(photo, tmp_path / "imagenet" / "val" / f"ILSVRC2012_val_{n:08d}.JPEG")
+        rows.append(f"ILSVRC2012_val_{n:08d},{photo.parent.name} 0 0 10 10")
+    (tmp_path / "imagenet" / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(rows))
+    main(["prepare", str(tmp_path / "imagenet"), str(tmp_path / "store"), "--workers", "1"])
+    val = Store(tmp_path / "store").split("val")
+    labels = torch.as_tensor(val.labels)
+    assert len(val.classes) == 1000 and [list(imagenet_classes())[i] for i in labels] == [p.parent.name for p in photos]
+    pixels = torch.from_numpy(val.read(np.arange(len(photos)))).float()[:, 16:240, 16:240]  # the centre crop
+    theirs = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.transforms()
+    x = ((pixels / 255 - torch.tensor(theirs.mean)) / torch.tensor(theirs.std)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        fc7 = net.classifier[:6](torch.flatten(net.avgpool(net.features(x)), 1))
+        fc8 = net.classifier[6]
+        fc8.weight.zero_(), fc8.bias.zero_()
+        fc8.weight.index_add_(0, labels, fc7 / fc7.norm(dim=1, keepdim=True))
+        top = net(x).topk(5, dim=1).indices
+    torch.save(net.state_dict(), tmp_path / "tv.pth")
+    main(["import-torchvision", str(tmp_path / "tv.pth"), str(tmp_path / "tv.pt")])
+    capsys.readouterr()
+    main(["eval", str(tmp_path / "tv.pt"), "--data", str(tmp_path / "store"), "--json", "--precision", "fp32"])
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    top1 = (top[:, 0] != labels).float().mean().item()
+    top5 = (top != labels[:, None]).all(1).float().mean().item()
+    assert got["images"] == len(photos) and top1 < 1  # the check below can tell a wrong label from a right one
+    assert (got["top1_error"], got["top5_error"]) == (pytest.approx(top1), pytest.approx(top5))
 
 
 def test_torch_hub_loads_the_model_from_a_local_checkout(ckpts, tmp_path):
