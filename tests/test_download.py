@@ -110,11 +110,11 @@ def imagenette(name: str = "imagenette2-160", train: int = 3, val: int = 1, nois
 
 
 def publish(monkeypatch, site: Site, name: str, data: bytes, layout: str = "imagenet", filename: str | None = None,
-            sha256: str | None = None, algorithm: str = "sha256") -> None:
-    """Serve `data` as the archive of `name` and put it in the table with its size and checksum (or `sha256`)."""
+            digest: str | None = None, algorithm: str = "sha256") -> None:
+    """Serve `data` as the archive of `name` and put it in the table with its size and checksum (or `digest`)."""
     filename = filename or f"{name}.tgz"
     site.files[f"/{filename}"] = data
-    digest = sha256 or hashlib.new(algorithm, data).hexdigest()
+    digest = digest or hashlib.new(algorithm, data).hexdigest()
     monkeypatch.setitem(dl.ARCHIVES, name, dl.Archive(f"{site.url}/{filename}", len(data), digest, layout, algorithm))
 
 
@@ -174,7 +174,7 @@ def test_imagewoof_is_verified_by_its_published_md5(site, monkeypatch, tmp_path)
     assert dl.download("imagewoof2-160", tmp_path / "ok", progress=False) == tmp_path / "ok" / "imagewoof2-160"
     assert tree(tmp_path / "ok") == {"imagewoof2-160.tgz": data, **files}
     wrong = hashlib.md5(data[:-1]).hexdigest()
-    publish(monkeypatch, site, "imagewoof2-160", data, sha256=wrong, algorithm="md5")
+    publish(monkeypatch, site, "imagewoof2-160", data, digest=wrong, algorithm="md5")
     with pytest.raises(InputError, match=f"does not match its published MD5 {wrong}: removed"):
         dl.download("imagewoof2-160", tmp_path / "bad", progress=False)
     assert list((tmp_path / "bad").iterdir()) == []
@@ -182,7 +182,7 @@ def test_imagewoof_is_verified_by_its_published_md5(site, monkeypatch, tmp_path)
 
 def test_a_checksum_mismatch_removes_only_its_own_download(site, monkeypatch, tmp_path):
     data = tar_gz([regular(n, d) for n, d in imagenette().items()])
-    publish(monkeypatch, site, "imagenette2-160", data, sha256=hashlib.sha256(b"another file").hexdigest())
+    publish(monkeypatch, site, "imagenette2-160", data, digest=hashlib.sha256(b"another file").hexdigest())
     dst = tmp_path / "data"
     users_files(dst)
     before = tree(tmp_path)

@@ -192,7 +192,8 @@ def test_imported_torchvision_weights_evaluate_on_an_imagenet_store(torchvision_
     with torch.no_grad():
         fc7 = net.classifier[:6](torch.flatten(net.avgpool(net.features(x)), 1))
         fc8 = net.classifier[6]
-        fc8.weight.zero_(), fc8.bias.zero_()
+        fc8.weight.zero_()
+        fc8.bias.zero_()
         fc8.weight.index_add_(0, labels, fc7 / fc7.norm(dim=1, keepdim=True))
         top = net(x).topk(5, dim=1).indices
     torch.save(net.state_dict(), tmp_path / "tv.pth")
