@@ -328,7 +328,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=size, default=8000, help="port to listen on")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="arithmetic precision (with --features: the features' own)")
+                   help="arithmetic precision (auto on a CPU: the faster at batches of --max-batch; with "
+                        "--features: the features' own)")
     p.add_argument("--max-batch", type=count, default=16, help="photos per forward pass at most (1: no batching)")
     p.add_argument("--max-wait", type=checked(float, AMOUNT), default=5.0, metavar="MS",
                    help="milliseconds a batch waits for more photos after its first")

@@ -55,18 +55,19 @@ def ready(model: nn.Module, recipe: Recipe, info: dict, device: torch.device, pr
     return Network(model, recipe.to(device), device, precision, info)
 
 
-def network(state: dict, device: str = "auto", precision: str = "auto") -> Network:
+def network(state: dict, device: str = "auto", precision: str = "auto", batch: int = 64) -> Network:
     """The network of a loaded checkpoint (checkpoint.load), ready to run; "auto" precision on a CPU is the
-    faster for inference with this network on this machine (runtime.choose_precision)."""
+    faster for inference on batches of `batch` images with this network on this machine
+    (runtime.choose_precision): which one is can depend on the batch (bf16 gains more from larger ones)."""
     dev = choose_device(device)
     info = {k: v for k, v in state.items() if k not in STATE_TENSORS}
     net = ready(checkpoint.model_from(state), checkpoint.recipe_from(state), info, dev, "fp32")
-    net.precision = choose_precision(precision, dev, functools.partial(_seconds, net),
-                                     f"{info['arch']} inference").name
+    net.precision = choose_precision(precision, dev, functools.partial(_seconds, net, batch=batch),
+                                     f"{info['arch']} inference, batch {batch}").name
     return net
 
 
-def _seconds(net: Network, precision: str, batch: int = 64) -> float:
+def _seconds(net: Network, precision: str, batch: int) -> float:
     """Seconds of a forward pass of a batch of random images in `precision`."""
     x = torch.randn(batch, 3, net.crop, net.crop, generator=torch.Generator().manual_seed(0)).to(net.device)
     start = time.perf_counter()
@@ -77,16 +78,17 @@ def _seconds(net: Network, precision: str, batch: int = 64) -> float:
     return time.perf_counter() - start
 
 
-def load_networks(paths: list[str], device: str = "auto", precision: str = "auto") -> list[Network]:
-    """The networks of checkpoint files or run folders; several (an ensemble) must have the same classes."""
+def load_networks(paths: list[str], device: str = "auto", precision: str = "auto", batch: int = 64) -> list[Network]:
+    """The networks of checkpoint files or run folders (their "auto" precision timed on batches of `batch`);
+    several (an ensemble) must have the same classes."""
     states = [checkpoint.load(p) for p in paths]
     for state in states[1:]:
         if state["classes"] != states[0]["classes"]:
             raise InputError(f"{state['path']} has {len(state['classes'])} classes, {states[0]['path']} has "
                              f"{len(states[0]['classes'])}: an ensemble needs the same classes")
-    return [network(s, device, precision) for s in states]
+    return [network(s, device, precision, batch) for s in states]
 
 
-def load_network(path: str, device: str = "auto", precision: str = "auto") -> Network:
+def load_network(path: str, device: str = "auto", precision: str = "auto", batch: int = 64) -> Network:
     """The network of one checkpoint file or run folder."""
-    return load_networks([path], device, precision)[0]
+    return load_networks([path], device, precision, batch)[0]

@@ -247,11 +247,13 @@ async def _upload(request: Request) -> tuple[bytes, str]:
 def serve(path: str, features: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           precision: str = "auto", max_batch: int = 16, max_wait: float = 0.005, max_queue: int = 64,
           max_bytes: int = MAX_BYTES) -> None:
-    """`alexnet serve`: load the checkpoint (and the features folder, whose precision it then computes in) and
-    serve the page and the API at http://host:port/ until interrupted."""
+    """`alexnet serve`: load the checkpoint (and the features folder, whose precision it then computes in; else
+    "auto" is the faster at batches of `max_batch`) and serve the page and the API at http://host:port/ until
+    interrupted."""
     import uvicorn
 
-    store, net = open_features(features, path, device) if features else (None, load_network(path, device, precision))
+    store, net = (open_features(features, path, device) if features else
+                  (None, load_network(path, device, precision, max_batch)))
     app = make_app(Predictor(net, store), max_batch, max_wait, max_queue, max_bytes)
     print(f"serving {net.info['path']} ({net.info['arch']}, {len(net.classes)} classes, {net.device}, "
           f"{net.precision}) at http://{host}:{port}/", flush=True)

@@ -2,11 +2,12 @@
 the same run; requests/s, p50 and p99 latency, failed requests, and the ratio of the two rates.
 
     python benchmarks/serve.py [CHECKPOINT] [--clients 16] [--seconds 10] [--rounds 3] [--warmup 5] [--crops 1]
-                                [--threads N]
+                                [--threads N] [--precision auto]
 
 Without CHECKPOINT, a freshly initialized `paper` network for the built-in photos' 10 classes is saved in a
 temporary folder (the speed does not depend on the weights). Each setting runs `alexnet serve` in a process of
-its own, both started first: --max-batch 16 (batching on) and --max-batch 1 (one photo per forward pass). The
+its own, both started first: --max-batch 16 (batching on) and --max-batch 1 (one photo per forward pass), each
+in the precision its `--precision auto` chooses, the faster at its --max-batch on this machine (printed). The
 clients, coroutines of one asyncio loop in this process, each post the built-in validation photos one after
 another as raw JPEG bodies. After --warmup seconds of load on each server, the settings take turns, --rounds
 windows of --seconds each, so that a slow spell of a shared machine hits both; a request counts when it was
@@ -123,7 +124,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5, help="seconds of load on each server before timing")
     parser.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: centre patch; 10: ten patches")
     parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch with batching on")
-    parser.add_argument("--precision", default="fp32", help="the servers' --precision")
+    parser.add_argument("--precision", default="auto",
+                        help="the servers' --precision (auto, their default: each times its --max-batch)")
     parser.add_argument("--threads", type=int, default=None, help="the servers' PyTorch threads (default: its own)")
     args = parser.parse_args()
     photos = [p.read_bytes() for p in sorted((DEFAULT_DATA / "val").glob("*/*.JPEG"))]
@@ -136,6 +138,8 @@ def main() -> None:
               f"{args.precision}, {args.threads or 'default'} threads per server", flush=True)
         urls = {name: stack.enter_context(server(ckpt, max_batch, args.precision, args.threads))
                 for name, max_batch in settings.items()}
+        for name, url in urls.items():
+            print(f"{name}: {httpx.get(url + '/info').json()['precision']}", flush=True)
         for url in urls.values():
             asyncio.run(load(url, photos, args.clients, args.warmup, args.crops))
         measured = {name: ([], 0) for name in settings}
