@@ -12,11 +12,15 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through a temporary file and a rename: the file is there whole or not at all."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:  # a failed or interrupted writer leaves the old file, and no half-written one beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -105,12 +105,16 @@ class Predictor:
 
 def validation(info: dict) -> dict | None:
     """A checkpoint's validation error (centre crop) at its epoch: from metrics.jsonl beside it where the run
-    folder has one, else the best top-1 error it records; None for a network never validated."""
+    folder has one with that epoch's row (a line that is not one, as a run being written may leave, is passed
+    over), else the best top-1 error it records; None for a network never validated."""
     metrics = Path(info["path"]).with_name("metrics.jsonl")
     if metrics.is_file():
-        for row in map(json.loads, metrics.read_text().splitlines()):
-            if row["epoch"] == info.get("epoch"):
-                return {"top1_error": row["val_top1"], "top5_error": row["val_top5"], "images": row["val_images"]}
+        for line in metrics.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                row = json.loads(line)
+                if row["epoch"] == info.get("epoch"):
+                    return {"top1_error": row["val_top1"], "top5_error": row["val_top5"],
+                            "images": row["val_images"]}
     best = info.get("best", math.inf)
     return {"top1_error": best} if math.isfinite(best) else None
 

@@ -140,9 +140,11 @@ def test_health_info_openapi_and_a_page_without_external_assets(client):
 
 def test_validation_is_read_from_the_run_folder_or_the_checkpoint(tmp_path):
     rows = [{"epoch": e, "val_top1": 0.5 / e, "val_top5": 0.2 / e, "val_images": 200} for e in (1, 2)]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [json.dumps(rows[0]), "[1, 2]", '{"epoch": 2}', json.dumps(rows[1]), '{"epoch": 3, "val_to']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))  # with lines that are not rows, and a cut last one
     assert validation({"path": str(tmp_path / "best.pt"), "epoch": 2, "best": 0.25}) == \
         {"top1_error": 0.25, "top5_error": 0.1, "images": 200}
+    assert validation({"path": str(tmp_path / "best.pt"), "epoch": 3, "best": 0.3}) == {"top1_error": 0.3}
     assert validation({"path": str(tmp_path / "x" / "a.pt"), "epoch": 2, "best": 0.25}) == {"top1_error": 0.25}
     assert validation({"path": str(tmp_path / "x" / "a.pt"), "epoch": 0, "best": float("inf")}) is None
 
