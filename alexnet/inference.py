@@ -16,6 +16,7 @@ from .errors import InputError
 from .runtime import autocast, choose_device, choose_precision
 
 STATE_TENSORS = ("model", "optimizer", "recipe", "rng", "cuda_rng")  # what `info` leaves out of a checkpoint
+PROBE_BATCH = 64  # images per timed forward pass of "auto" precision, unless the caller runs other batches
 
 
 @dataclass
@@ -55,7 +56,7 @@ def ready(model: nn.Module, recipe: Recipe, info: dict, device: torch.device, pr
     return Network(model, recipe.to(device), device, precision, info)
 
 
-def network(state: dict, device: str = "auto", precision: str = "auto", batch: int = 64) -> Network:
+def network(state: dict, device: str = "auto", precision: str = "auto", batch: int = PROBE_BATCH) -> Network:
     """The network of a loaded checkpoint (checkpoint.load), ready to run; "auto" precision on a CPU is the
     faster for inference on batches of `batch` images with this network on this machine
     (runtime.choose_precision): which one is can depend on the batch (bf16 gains more from larger ones)."""
@@ -78,7 +79,8 @@ def _seconds(net: Network, precision: str, batch: int) -> float:
     return time.perf_counter() - start
 
 
-def load_networks(paths: list[str], device: str = "auto", precision: str = "auto", batch: int = 64) -> list[Network]:
+def load_networks(paths: list[str], device: str = "auto", precision: str = "auto",
+                  batch: int = PROBE_BATCH) -> list[Network]:
     """The networks of checkpoint files or run folders (their "auto" precision timed on batches of `batch`);
     several (an ensemble) must have the same classes."""
     states = [checkpoint.load(p) for p in paths]
@@ -89,6 +91,6 @@ def load_networks(paths: list[str], device: str = "auto", precision: str = "auto
     return [network(s, device, precision, batch) for s in states]
 
 
-def load_network(path: str, device: str = "auto", precision: str = "auto", batch: int = 64) -> Network:
+def load_network(path: str, device: str = "auto", precision: str = "auto", batch: int = PROBE_BATCH) -> Network:
     """The network of one checkpoint file or run folder."""
     return load_networks([path], device, precision, batch)[0]
