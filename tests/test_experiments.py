@@ -293,7 +293,8 @@ def test_experiment_help_shows_every_default(capsys):
     with pytest.raises(SystemExit):
         main(["experiment", "relu-vs-tanh", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: 25)", "(default: 128)", "(default: runs/experiments/relu-vs-tanh)", "(default: 0)",
+    for default in (f"(default: {EXPERIMENTS['relu-vs-tanh'].epochs})", "(default: 128)",
+                    "(default: runs/experiments/relu-vs-tanh)", "(default: 0)",
                     "(default: ~/.cache/alexnet)", "(default: auto)"):
         assert default in text
 
