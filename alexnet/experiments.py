@@ -126,10 +126,11 @@ class Setup:
     pixels: str  # "raw": mean image subtracted, 0-255 scale (§2); "unit": also divided by the pixel std
     init: str
     # The default number of epochs: both variants, 3 seeds, on the full CIFAR-10 within the hour on a 2-core CPU
-    # of either kind measured (batch 128, two threads, quiet; every variant within 5% of these): 1,500 training
-    # images/s on an AMD EPYC with AVX2 only, 2,150-2,300 on one with AVX-512, so 6 runs of 12 epochs take about
-    # 45 and 30 minutes. Two threads on a busy machine fall to 300-900 images/s (threads waiting for each
-    # other); there, one thread is faster, and ThreadChooser takes it.
+    # of either kind measured (batch 128, two threads, quiet; every variant within 5% of these): 1,260-1,570
+    # training images/s on an AMD EPYC with AVX2 only (6 runs of 12 epochs: 45 minutes, measured), 2,150-2,300
+    # on one with AVX-512 (6 runs of 25 epochs: 62 minutes, measured; of 12 epochs about 30, estimated).
+    # Two threads on a busy machine fall to 300-900 images/s (threads waiting for each other); there, one
+    # thread is faster, and ThreadChooser takes it.
     epochs: int = 12
     weight_decay: float = 0.0
     flip: bool = False
