@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import photo_store
+from conftest import one_line_error, photo_store
 
 from alexnet import checkpoint
+from alexnet.cli import main
 from alexnet.data.augment import center_crop, ten_crop
 from alexnet.data.store import Store
 from alexnet.evaluate import evaluate, probabilities, wrong
@@ -40,8 +41,11 @@ def checkpoints(store, tmp_path_factory):
     shutil.rmtree(out)  # about 700 MB: freed when the module is done, not at the end of the session
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=300)
+def cli(capsys, *args: str) -> str:
+    """`alexnet ARGS` in this process, which must succeed: what it printed."""
+    capsys.readouterr()
+    main(list(args))
+    return capsys.readouterr().out
 
 
 def members(paths):
@@ -66,57 +70,52 @@ def test_top_k_errors_count_correctly():
     assert wrong(probs, torch.tensor([0, 0, 0])) == (2, 1)  # 2nd: label 0 in top-5; 3rd: label 0 ranks last
 
 
-def test_eval_command_counts_every_image_and_matches_the_library(store, checkpoints):
+def test_eval_command_counts_every_image_and_matches_the_library(store, checkpoints, capsys):
     paths, _ = checkpoints
-    result = cli("eval", str(paths[0]), "--data", str(store), "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json.loads(cli(capsys, "eval", str(paths[0]), "--data", str(store), "--json"))
     split = Store(store).split("val")
     assert report["images"] == len(split) == 20
     from alexnet.data.loader import Loader
 
     errors = evaluate(members(paths[:1]), Loader(split, 7, shuffle=False).epoch(0))
     assert report["top1_error"] == pytest.approx(errors.top1) and report["top5_error"] == pytest.approx(errors.top5)
-    ensemble = cli("eval", *map(str, paths), "--data", str(store), "--crops", "10")
-    assert ensemble.returncode == 0 and "an ensemble of 2, ten crops" in ensemble.stdout
+    assert "an ensemble of 2, ten crops" in cli(capsys, "eval", *map(str, paths), "--data", str(store), "--crops", "10")
 
 
-def test_predict_prints_top5_names_with_probabilities(store, checkpoints):
+def test_predict_prints_top5_names_with_probabilities(store, checkpoints, capsys):
     paths, _ = checkpoints
     image = Store(store).split("val").files[0]
-    result = cli("predict", str(paths[0]), image, "--json")
-    assert result.returncode == 0, result.stderr
-    (entry,) = json.loads(result.stdout)
+    (entry,) = json.loads(cli(capsys, "predict", str(paths[0]), image, "--json"))
     probs = [c["probability"] for c in entry["top5"]]
     assert len(probs) == 4  # four classes in this set: the top-5 is all of them
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
     assert {c["class"] for c in entry["top5"]} == set(checkpoint.load(paths[0])["names"])
-    text = cli("predict", str(paths[0]), image, "--crops", "1").stdout.splitlines()
+    text = cli(capsys, "predict", str(paths[0]), image, "--crops", "1").splitlines()
     assert text[0] == image and text[1].strip().endswith(entry["top5"][0]["class"])
 
 
-def one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], lines
-
-
-def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path):
+def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path, capsys):
     paths, ten = checkpoints
-    one_line_error(cli("eval", str(paths[0]), "--data", str(tmp_path / "nowhere")), "data folder not found")
-    one_line_error(cli("eval", str(ten), "--data", str(store)), "has 10 classes; the data has 4")
-    one_line_error(cli("eval", str(paths[0]), str(ten), "--data", str(store)), "an ensemble needs the same classes")
+    one_line_error(capsys, ["eval", str(paths[0]), "--data", str(tmp_path / "nowhere")], "data folder not found")
+    one_line_error(capsys, ["eval", str(ten), "--data", str(store)], "has 10 classes; the data has 4")
+    one_line_error(capsys, ["eval", str(paths[0]), str(ten), "--data", str(store)],
+                   "an ensemble needs the same classes")
     cut = tmp_path / "cut.pt"
     cut.write_bytes(paths[0].read_bytes()[: os.path.getsize(paths[0]) // 3])
-    one_line_error(cli("eval", str(cut), "--data", str(store)), "not a readable checkpoint")
+    one_line_error(capsys, ["eval", str(cut), "--data", str(store)], "not a readable checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    one_line_error(cli("predict", str(foreign), Store(store).split("val").files[0]), "not an alexnet checkpoint")
+    one_line_error(capsys, ["predict", str(foreign), Store(store).split("val").files[0]], "not an alexnet checkpoint")
     state = checkpoint.load(paths[0])
     state["arch"] = "owt"  # weights of `paper` labelled as another architecture
     checkpoint.save(tmp_path / "mislabelled.pt", {k: v for k, v in state.items() if k not in ("format", "path")})
-    one_line_error(cli("eval", str(tmp_path / "mislabelled.pt"), "--data", str(store)), "do not fit a 'owt' network")
+    one_line_error(capsys, ["eval", str(tmp_path / "mislabelled.pt"), "--data", str(store)],
+                   "do not fit a 'owt' network")
     junk = tmp_path / "junk.JPEG"
     junk.write_text("not a photo")
-    one_line_error(cli("predict", str(paths[0]), str(junk)), "junk.JPEG")
-    one_line_error(cli("eval", str(tmp_path / "missing.pt"), "--data", str(store)), "no checkpoint at")
+    one_line_error(capsys, ["predict", str(paths[0]), str(junk)], "junk.JPEG")
+    # the same through `python -m alexnet`, in a process of its own
+    argv = ["eval", str(tmp_path / "missing.pt"), "--data", str(store)]
+    result = subprocess.run([sys.executable, "-m", "alexnet", *argv], capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "no checkpoint at" in lines[0], result.stderr
