@@ -70,7 +70,7 @@ def test_a_few_steps_on_real_photos_lower_the_loss(store, tmp_path):
 
 def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path):
     args = ["train", "--data", str(store), "--epochs", "2", "--batch-size", "8", "--lr", "0.001", "--no-progress",
-            "--out", str(tmp_path)]
+            "--out", str(tmp_path), "--width", "0.25"]  # a quarter of the kernels: checkpoints 1/16 the size
     straight = run(*args, "--name", "straight", "--save-every", "0")
     assert straight.returncode == 0, straight.stderr
     hints = straight.stdout[straight.stdout.index("next:\n"):].splitlines()[1:]
@@ -93,7 +93,8 @@ def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path
 
 def test_two_processes_with_64_each_equal_one_with_128(store, tmp_path):
     common = ["train", "--data", str(store), "--epochs", "1", "--batch-size", "128", "--max-steps", "1",
-              "--dropout", "0", "--no-progress", "--out", str(tmp_path), "--lr", "0.05", "--precision", "fp32"]
+              "--dropout", "0", "--no-progress", "--out", str(tmp_path), "--lr", "0.05", "--precision", "fp32",
+              "--width", "0.25"]
     # 96 training images: one step of the whole set, split 48 + 48 over two processes
     one, two = run(*common, "--name", "one"), run(*common, "--name", "two", world=2)
     assert one.returncode == 0, one.stderr
