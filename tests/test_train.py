@@ -312,11 +312,11 @@ def test_a_budget_fits_the_epochs_to_the_first_epochs_time(store, tmp_path):
 
 
 def test_a_budgeted_run_records_its_plan_and_a_resume_keeps_it(store, tmp_path, capsys):
-    run_dir = train(config(store, tmp_path, epochs=None, minutes=0.5))
+    run_dir = train(config(store, tmp_path, epochs=None, minutes=0.2, width=0.25))
     printed = capsys.readouterr().out
     saved = json.loads((run_dir / "config.json").read_text())
-    assert "--minutes 0.5: " in printed and f"{saved['epochs']} epoch" in printed
-    assert saved["minutes"] == 0.5 and 1 <= saved["epochs"] == len(metrics(run_dir))
+    assert "--minutes 0.2: " in printed and f"{saved['epochs']} epoch" in printed
+    assert saved["minutes"] == 0.2 and 1 <= saved["epochs"] == len(metrics(run_dir))
     assert checkpoint.load(run_dir / "last.pt")["planned"]
     with pytest.raises(InputError, match=f"--epochs {saved['epochs']}: the run has trained"):
         train(TrainConfig(resume=str(run_dir), progress=False))  # the plan is kept, not made again
