@@ -110,7 +110,7 @@ def test_a_pair_computes_what_one_process_does(tmp_path):
 def config(store: Path, tmp_path: Path, **kw) -> TrainConfig:
     defaults = {"data": str(store), "epochs": 2, "batch_size": 32, "out": str(tmp_path), "progress": False,
                 "save_every": 0.0, "lr": 0.01, "precision": "fp32", "max_steps": 3,
-                "width": 0.25}  # a quarter of the paper's width: the towers split the same layers, in a third of the time
+                "width": 0.25}  # a quarter of the paper's width: the same layers split, in a third of the time
     return TrainConfig(**{**defaults, **kw})
 
 
@@ -175,7 +175,8 @@ def test_a_pair_trains_as_one_process_step_by_step_and_either_resumes_the_other(
 
 def test_two_pairs_with_64_each_equal_one_process_with_128(store, tmp_path):
     common = ["train", "--data", str(store), "--epochs", "1", "--batch-size", "128", "--max-steps", "1",
-              "--dropout", "0", "--no-progress", "--out", str(tmp_path), "--lr", "0.05", "--precision", "fp32", "--width", "0.25"]
+              "--dropout", "0", "--no-progress", "--out", str(tmp_path), "--lr", "0.05", "--precision", "fp32",
+              "--width", "0.25"]
     train(config(store, tmp_path, name="one", epochs=1, batch_size=128, max_steps=1, dropout=0.0, lr=0.05))
     # 96 training images: one step of the whole set, 48 + 48 over two pairs, each of two towers
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4",
