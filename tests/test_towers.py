@@ -110,7 +110,7 @@ def test_a_pair_computes_what_one_process_does(tmp_path):
 def config(store: Path, tmp_path: Path, **kw) -> TrainConfig:
     defaults = {"data": str(store), "epochs": 2, "batch_size": 32, "out": str(tmp_path), "progress": False,
                 "save_every": 0.0, "lr": 0.01, "precision": "fp32", "max_steps": 3,
-                "width": 0.25}  # a quarter of the paper's width: the same layers split, in a third of the time
+                "width": 0.25}  # a quarter of the width: the same layers split, in a third to a half of the time
     return TrainConfig(**{**defaults, **kw})
 
 
