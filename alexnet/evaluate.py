@@ -3,6 +3,7 @@ and the predictions of image files."""
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from .data.loader import Loader
 from .data.sources import data_root, open_split
 from .errors import InputError
 from .inference import Network, load_networks
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 @dataclass
@@ -55,7 +59,7 @@ def wrong(probs: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
 
 
 def evaluate(networks: list[Network], batches: Iterable, crops: int = 1,
-             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, progress=None) -> Errors:
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: "tqdm | None" = None) -> Errors:
     """Top-1/top-5 error of the (averaged) networks on batches of (uint8 images, labels, ...).
 
     With one network and one crop the mean cross-entropy is reported too. `reduce` sums the counts

@@ -1,11 +1,16 @@
 """The paper's SGD update rule and its learning-rate schedule, with the common alternatives (paper §5)."""
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 SCHEDULES = ("plateau", "step", "cosine")
 
@@ -17,11 +22,11 @@ class PaperSGD(torch.optim.Optimizer):
     from torch.optim.SGD's (whose buffer does not); while the rate is constant the two are identical.
     """
 
-    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
+    def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """One update of every parameter that has a gradient."""
         loss = None if closure is None else closure()
         for group in self.param_groups:
@@ -37,7 +42,8 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, params: Iterable, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
     """"paper" (the update rule above) or "sgd" (torch.optim.SGD with the same hyper-parameters)."""
     if name == "paper":
         return PaperSGD(params, lr, momentum, weight_decay)
@@ -81,7 +87,7 @@ class Schedule:
             raise InputError(f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}")
 
     @classmethod
-    def of(cls, cfg, steps_per_epoch: int) -> "Schedule":
+    def of(cls, cfg: "TrainConfig", steps_per_epoch: int) -> "Schedule":
         """The schedule that a training configuration (train.TrainConfig, its defaults filled) asks for."""
         return cls(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.patience, cfg.min_delta,
                    cfg.max_drops, steps_per_epoch)
