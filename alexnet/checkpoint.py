@@ -32,20 +32,34 @@ def load(path: str | Path) -> dict:
     save_weights); a missing, truncated or foreign file raises InputError with a one-line reason."""
     path = Path(path)
     if path.is_dir():
+        if not (path / "last.pt").is_file() and not (path / "best.pt").is_file():
+            raise InputError(f"{path} is a folder but not a run folder (no last.pt or best.pt in it)")
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
-    if path.suffix == WEIGHTS_SUFFIX:
+    from .export import FORMATS
+
+    if path.suffix in FORMATS and path.suffix != WEIGHTS_SUFFIX:
+        raise InputError(f"{path} is an exported {FORMATS[path.suffix]} file, for other programs; give a checkpoint "
+                         f"(.pt), a run folder or a {WEIGHTS_SUFFIX} weights file")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix == WEIGHTS_SUFFIX or head[8:] == b"{":  # safetensors: a header's length, then its JSON
         return _load_weights(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, a pickle with arbitrary objects
-        raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:120]})") from None
+        raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_words(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path} is not an alexnet checkpoint")
     state["path"] = str(path)
     return state
+
+
+def first_words(err: Exception, most: int = 100) -> str:
+    """The start of an exception's message: its first sentence, cut at a word within `most` characters."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+    return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."
 
 
 def model_from(state: dict) -> nn.Module:
@@ -91,7 +105,7 @@ def _load_weights(path: Path) -> dict:
         with safe_open(path, "pt") as f:
             header, model = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except Exception as err:  # truncated, not safetensors
-        raise InputError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:120]})") from None
+        raise InputError(f"{path} is not a readable safetensors file ({first_words(err)})") from None
     if header.get("format") != WEIGHTS_FORMAT:
         raise InputError(f"{path} is not an alexnet weights file (a state dict of torchvision's? see "
                          "`alexnet import-torchvision`)")

@@ -98,7 +98,11 @@ def export(ckpt: str | Path, out: str | Path, fmt: str | None = None) -> dict:
     fmt, out = _format(out, fmt), Path(out)
     if not out.parent.is_dir():
         raise InputError(f"no folder {out.parent} to write {out.name} in")
+    if out.suffix == ".pt":  # a checkpoint's name: export writes none, and would replace one
+        raise InputError(f"{out}: .pt is for checkpoints; name the {fmt} file with another suffix")
     state = checkpoint.load(ckpt)
+    if out.exists() and out.samefile(state["path"]):
+        raise InputError(f"{out} is the checkpoint being exported; write the {fmt} file elsewhere")
     model = checkpoint.model_from(state)
     meta = metadata(state, model)
     if fmt == "safetensors":

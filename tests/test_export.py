@@ -234,5 +234,19 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_wei
     save_file(torch.load(weights, weights_only=True), tmp_path / "plain.safetensors")  # torchvision's, as is
     one_line_error(capsys, ["predict", str(tmp_path / "plain.safetensors"), str(PHOTO)], "not an alexnet weights file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.safetensors", "plain.safetensors", "ten.pth"]
+    # nothing written is overwritten by an export: not a checkpoint's name, not the file being exported
+    trained = tmp_path / "copy.pt"
+    shutil.copy(ckpts["owt"], trained)
+    one_line_error(capsys, ["export", str(trained), str(trained), "--format", "safetensors"], ".pt is for checkpoints")
+    weights_file = tmp_path / "weights.bin"  # safetensors under another name: known by its header
+    export(trained, weights_file, "safetensors")
+    one_line_error(capsys, ["export", str(weights_file), str(weights_file), "--format", "safetensors"],
+                   "is the checkpoint being exported")
+    assert checkpoint.load(trained)["arch"] == checkpoint.load(weights_file)["arch"] == "owt"
+    export(trained, tmp_path / "a.onnx")
+    one_line_error(capsys, ["predict", str(tmp_path / "a.onnx"), str(PHOTO)], "is an exported onnx file")
+    one_line_error(capsys, ["predict", str(tmp_path), str(PHOTO)], "is a folder but not a run folder")
+    for f in (trained, weights_file, tmp_path / "a.onnx"):
+        f.unlink()
     main(["import-torchvision", str(weights), str(tmp_path / "tv.pt")])
     one_line_error(capsys, ["train", "--resume", str(tmp_path / "tv.pt")], "holds a network's weights only")
