@@ -53,12 +53,13 @@ def _train(args: argparse.Namespace) -> None:
     run = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    print(f"evaluating the best checkpoint of {run} on the validation images ...", flush=True)
-    for crops, errors in final_evaluation(run).items():
+    best = run / "best.pt" if (run / "best.pt").exists() else run / "last.pt"  # none is best before an epoch ends
+    print(f"evaluating {best} on the validation images ...", flush=True)
+    for crops, errors in final_evaluation(best).items():
         print(f"  {'centre crop' if crops == 1 else 'ten crops  '}: {errors.line()}")
     data = f" --data {args.data}" if args.data else ""
-    hints = [(f"alexnet predict {run}/best.pt IMAGE.jpg ...", "top-5 classes of your own photos"),
-             (f"alexnet eval {run}/best.pt{data} --crops 10", "the evaluation again (more checkpoints: an ensemble)"),
+    hints = [(f"alexnet predict {best} IMAGE.jpg ...", "top-5 classes of your own photos"),
+             (f"alexnet eval {best}{data} --crops 10", "the evaluation again (more checkpoints: an ensemble)"),
              (f"alexnet train --resume {run} --epochs N", "train longer"),
              ("alexnet prepare IMAGENET_ROOT STORE && alexnet train --data STORE", "a real data set")]
     width = max(len(command) for command, _ in hints)
@@ -179,12 +180,22 @@ def _experiment(args: argparse.Namespace) -> None:
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless its help already says it or it is a switch."""
+    """Shows each option's default, unless its help already says it, it is a switch or it must be given; no
+    default is "none"."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "default" in (action.help or "") or action.nargs == 0:
+        if "default" in (action.help or "") or action.nargs == 0 or action.required:
             return action.help or ""
+        if action.default is None and action.option_strings:
+            return f"{action.help} (default: none)"
         return super()._get_help_string(action)
+
+
+def png(name: str) -> str:
+    """A picture's file name, which must say what it holds: .png."""
+    if not name.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .png (pictures are PNG), got {name}")
+    return name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -270,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--plot", default=None, metavar="PNG",
+    p.add_argument("--plot", type=png, default=None, metavar="PNG",
                    help="also draw Figure 4 (left): each centre crop with its top-5 bars, the true class (from "
                         "the image's folder or file name) in red")
     p.add_argument("--plot-columns", type=count, default=4, help="images per row of the plot")
@@ -280,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
                             description="The first layer's kernels as images (§6.1, Figure 3), one block per "
                                         "tower, each kernel min-max scaled on its own.")
     p.add_argument("checkpoint", help="a checkpoint file or run folder")
-    p.add_argument("--out", default="conv1.png", help="PNG file to write")
+    p.add_argument("--out", type=png, default="conv1.png", help="PNG file to write")
     p.add_argument("--columns", type=count, default=16, help="kernels per row")
     p.add_argument("--zoom", type=count, default=4, help="pixels per weight, each way")
     p.add_argument("--gap", type=size, default=2, help="pixels between kernels")
@@ -309,13 +320,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="+", help="query image files")
     p.add_argument("--features", required=True, help="a folder made by `alexnet features`")
     p.add_argument("--k", type=count, default=6, help="neighbours per query")
-    p.add_argument("--out", default=None, help="PNG file to draw the grid to (default: no picture)")
+    p.add_argument("--out", type=png, default=None, help="PNG file to draw the grid to (default: no picture)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--chunk", type=count, default=16384, help="stored features per matrix product (16 KiB each)")
     p.add_argument("--device", default="auto", help="device for the queries' features: auto, cpu, cuda, ...")
     p.set_defaults(run=_neighbors)
 
-    from .options import AMOUNT, RATE
+    from .options import AMOUNT, PORT, RATE
     from .serve import MAX_BYTES
 
     p = commands.add_parser("serve", formatter_class=fmt, help="Figure 4 as a web page and a JSON API",
@@ -325,7 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint file or run folder")
     p.add_argument("--features", default=None, help="a folder made by `alexnet features`: show nearest images too")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=size, default=8000, help="port to listen on")
+    p.add_argument("--port", type=checked(int, PORT), default=8000, help="port to listen on")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="arithmetic precision (auto on a CPU: the faster at batches of --max-batch; with "
@@ -397,16 +408,18 @@ def main(argv: list[str] | None = None) -> None:
     from .train import DivergedError
 
     args = _parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "experiment", None))))  # as argparse names it
     try:
         args.run(args)
     except (InputError, OSError) as err:
         if (isinstance(err, OSError) and err.errno not in REFUSED) or args.traceback or os.environ.get(TRACEBACK):
             raise
-        print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
+        said = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
+        print(f"alexnet {command}: error: {said}", file=sys.stderr)
         sys.exit(2)
     except DivergedError as err:
-        print(f"alexnet {args.command}: stopped: {err}", file=sys.stderr)
+        print(f"alexnet {command}: stopped: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        print(f"alexnet {command}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -123,9 +123,8 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
             bar.update(end - number * batch_size)
     del features
     write_json(out / "done.json", {"rows": rows, "bad": bad, "seconds": time.monotonic() - started})
-    if progress:
-        note = f"; {loader.bad.summary()} (their rows are listed as bad)" if bad else ""
-        print(f"wrote the fc7 features of {len(files)} {split} images to {out}{note}")
+    note = f"; {loader.bad.summary()} (their rows are listed as bad)" if bad else ""
+    print(f"wrote the fc7 features of {len(files)} {split} images to {out}{note}")  # with or without the bar
     return out
 
 

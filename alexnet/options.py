@@ -29,6 +29,7 @@ COUNT = Accepts("a whole number of at least 1", lambda v: v >= 1)
 SIZE = Accepts("a whole number of at least 0", lambda v: v >= 0)
 RATE = Accepts("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
 AMOUNT = Accepts("a finite number of at least 0", lambda v: math.isfinite(v) and v >= 0)
+PORT = Accepts("a port number from 1 to 65535", lambda v: 1 <= v <= 65535)
 FRACTION = Accepts("a number from 0 up to, not including, 1", lambda v: 0 <= v < 1)
 
 
@@ -131,6 +132,7 @@ def resumed(config: object, saved: object) -> object:
         if field.metadata["resume"]:
             changes[field.name] = theirs if mine == field.default else mine
         elif mine != field.default and mine != theirs:
-            raise InputError(f"{flag(field.name)} {mine}: the run to resume has {theirs!r}, and a resumed run "
-                             f"keeps it (see --help)")
+            has = "it unset (its default)" if theirs is None else repr(theirs)
+            raise InputError(f"{flag(field.name)} {mine}: the run to resume has {has}, and a resumed run keeps it "
+                             "(see --help)")
     return dataclasses.replace(saved, resume=config.resume, **changes)

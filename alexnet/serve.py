@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import math
+import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,7 @@ from . import __version__
 from .batching import Batcher, BusyError
 from .data.folders import BadImageError, preprocess
 from .draw import center
+from .errors import InputError
 from .evaluate import probabilities, top5, top5_records
 from .features import Features, fc7
 from .inference import Network, load_network
@@ -248,6 +250,17 @@ async def _upload(request: Request) -> tuple[bytes, str]:
                              f"{FIELD!r}, or the image itself as image/* or application/octet-stream")
 
 
+def listenable(host: str, port: int) -> None:
+    """Raise InputError unless this process can listen at host:port (a free port of an address it has)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as err:
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+
+
 def serve(path: str, features: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           precision: str = "auto", max_batch: int = 16, max_wait: float = 0.005, max_queue: int = 64,
           max_bytes: int = MAX_BYTES) -> None:
@@ -256,6 +269,7 @@ def serve(path: str, features: str | None = None, host: str = "127.0.0.1", port:
     interrupted."""
     import uvicorn
 
+    listenable(host, port)
     store, net = (open_features(features, path, device) if features else
                   (None, load_network(path, device, precision, max_batch)))
     app = make_app(Predictor(net, store), max_batch, max_wait, max_queue, max_bytes)

@@ -58,6 +58,7 @@ PROBE_BATCH = 64  # images per step in the timing of --precision auto
 RECIPE_SAMPLE = 2000  # images that estimate the mean image and RGB PCA when training straight from JPEGs
 AUGMENTATIONS = ("paper", "crops", "none")
 CROP = Accepts("a whole number of at least 64", lambda v: v >= 64)
+NAME = Accepts("a folder name, without /", lambda v: v not in ("", ".", "..") and "/" not in v)
 
 
 @dataclass
@@ -73,8 +74,8 @@ class TrainConfig:
                                     "default with fewer, on which §5's dies; the architecture's own for owt and "
                                     "caffenet)", section="§5", choices=INITS)
     dropout: float = option(0.5, "dropout probability on fc6 and fc7", section="§4.2", accepts=FRACTION)
-    width: float = option(1.0, "kernels and units of every hidden layer, as a fraction of the paper's (paper, "
-                               "paper-1tower and caffenet)", section="§3.5", choices=WIDTHS)
+    width: float = option(1.0, "kernels and units of every hidden layer, as a fraction of the architecture's "
+                               "(every one but owt)", section="§3.5", choices=WIDTHS)
     remove: str | None = option(None, "a middle convolutional layer to leave out (default: none)", section="§7",
                                 choices=MIDDLE)
     epochs: int | None = option(None, f"epochs (default: {PAPER_EPOCHS}, or as many as --minutes allows; with "
@@ -114,7 +115,7 @@ class TrainConfig:
     workers: int = option(2, "decoding processes when reading JPEG folders", accepts=SIZE, resume=True)
     seed: int = option(0, "random seed", accepts=SIZE)
     out: str = option("runs", "folder for run folders")
-    name: str | None = option(None, "run folder name (default: date-time-arch)")
+    name: str | None = option(None, "run folder name, a new one in --out (default: date-time-arch)", accepts=NAME)
     save_every: float = option(10.0, "minutes between mid-epoch checkpoints (0: only at the end of an epoch)",
                                accepts=AMOUNT, resume=True)
     max_steps: int | None = option(None, "stop after this many steps in all", accepts=COUNT, resume=True)
@@ -291,15 +292,18 @@ def saved_config(state: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
 
 
-def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, Path]:
-    """The run folder; with --resume, the saved configuration (with the changes a resume may make) and the
-    checkpoint to continue from."""
+def _resolve(cfg: TrainConfig, world: int, local_rank: int) -> tuple[TrainConfig, dict | None, Path]:
+    """The run folder, a new one as the first process names it; with --resume, the saved configuration (with
+    the changes a resume may make) and the checkpoint to continue from."""
     if cfg.resume:
         state = checkpoint.load(Path(cfg.resume) / "last.pt" if Path(cfg.resume).is_dir() else cfg.resume)
         if "optimizer" not in state:  # a weights file, an import
             raise InputError(f"{state['path']} holds a network's weights only; --resume takes a run's last.pt")
         run = resumed(cfg, saved_config(state))
         epochs, steps = fill_defaults(run).epochs, state["total_steps"]
+        if epochs <= state["epoch"] and cfg.epochs is None:
+            raise InputError(f"the run has trained all its {count(epochs, 'epoch')}; give --epochs N above "
+                             f"{epochs} to train longer")
         if epochs <= state["epoch"]:
             raise InputError(f"--epochs {epochs}: the run has trained {count(state['epoch'], 'epoch')} already; "
                              "give more to train longer")
@@ -307,8 +311,17 @@ def _resolve(cfg: TrainConfig) -> tuple[TrainConfig, dict | None, Path]:
             raise InputError(f"--max-steps {run.max_steps}: the run has made {count(steps, 'step')} already; "
                              "give more")
         return run, state, Path(state["path"]).parent
-    name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.arch}"
-    return cfg, None, Path(cfg.out) / name
+    path = Path(cfg.out) / (cfg.name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.arch}")
+    taken = path.is_file() or path.is_dir() and any(path.iterdir())
+    error = f"{path} exists already: --resume {path} trains it on, or give another --name" if taken else None
+    if world > 1:  # the processes may have started in different seconds
+        shared = [path, error]
+        dist.broadcast_object_list(shared, device=torch.device("cuda", local_rank) if dist.get_backend() == "nccl"
+                                   else None)
+        path, error = shared
+    if error:
+        raise InputError(error)
+    return cfg, None, path
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -316,10 +329,10 @@ def train(cfg: TrainConfig) -> Path:
 
     The run seeds torch's random generators and gives them back as they were when it ends."""
     started = time.monotonic()  # a budget counts everything from here: the built-in store, the kernels' build
-    cfg, state, run_path = _resolve(cfg)
     rank, world, local_rank = _distributed()
-    device = choose_device(cfg.device)
     try:
+        cfg, state, run_path = _resolve(cfg, world, local_rank)
+        device = choose_device(cfg.device)
         pair = place(cfg.arch, rank, world) if cfg.parallel == "towers" else None
         with torch.random.fork_rng(devices=[local_rank] if device.type == "cuda" else []):
             trainer = Trainer(cfg, open_data(cfg, rank, world, pair), run_path, rank, world, local_rank, started,
@@ -408,6 +421,7 @@ class Trainer:
         """Continue from a checkpoint: weights, optimizer, schedule state, random state, position in the epoch."""
         if state["classes"] != self.data.classes:
             raise InputError(f"{state['path']} was trained on other classes than {self.data.description}")
+        self.init_reason = "the run's own"  # not a choice of this command's
         if self.pair:
             self.model.load_whole_state(self.optimizer, state["model"], state["optimizer"])
         else:
@@ -515,8 +529,7 @@ class Trainer:
                     break
                 seconds = time.monotonic() - started
                 val = evaluate([validation], data.val.epoch(0), reduce=self.reduce)
-                if not self.planned:
-                    self.plan(time.monotonic() - started, time.monotonic() - started - seconds)
+                validation_seconds = time.monotonic() - started - seconds
                 dropped = self.schedule.end_epoch(val.top1)
                 images, loss, wrong = self.sums
                 row = {"epoch": self.epoch + 1, "train_loss": loss / max(images, 1),
@@ -529,6 +542,10 @@ class Trainer:
                 self.epoch, self.step, self.sums = self.epoch + 1, 0, [0, 0.0, 0.0]
                 self.save(best=improved)
                 folder.log_epoch(row)
+                if not self.planned:  # an epoch's time includes its checkpoints and plots (a second or two)
+                    self.plan(time.monotonic() - started, validation_seconds)
+                    if self.done():  # last.pt was saved before the plan
+                        self.save()
                 if self.rank == 0:
                     note = " (learning rate divided by 10)" if dropped else ""
                     print(f"epoch {self.epoch}/{self.cfg.epochs}: train loss {row['train_loss']:.3f}, top-1 error "
@@ -603,22 +620,22 @@ class Trainer:
         unread.zero_()
         where = f"step {self.step}" if steps == 1 else f"steps {self.step - steps + 1}-{self.step}"
         last = self.run_path / "last.pt"
+        kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint had been saved yet"
         if not math.isfinite(loss):
-            raise DivergedError(f"the loss became {loss} at epoch {self.epoch + 1}, {where}; the last good "
-                                f"checkpoint is {last} (try a lower --lr)")
+            raise DivergedError(f"the loss became {loss} at epoch {self.epoch + 1}, {where}; {kept} "
+                                "(try a lower --lr)")
         if self.guard.dead(loss / images, loss_range, alive, steps):
             raise DivergedError(f"the network died: for {self.guard.flat} steps up to epoch {self.epoch + 1}, "
                                 f"step {self.step}, fewer than {DeadGuard.ALIVE:.0%} of fc7's units fired and the mean "
                                 f"loss was no lower than a constant guess's (ln {len(self.data.classes)} = "
-                                f"{self.guard.chance:.3f}); the last checkpoint is {last} (try --init torchvision, "
-                                "or a lower --lr)")
+                                f"{self.guard.chance:.3f}); {kept} (try --init torchvision, or a lower --lr)")
         self.sums = [self.sums[0] + images, self.sums[1] + loss, self.sums[2] + wrong]
         return loss / images
 
 
-def final_evaluation(run_path: Path) -> dict[int, Errors]:
-    """Centre-crop and ten-crop validation errors of the run's best checkpoint (last.pt if none is best)."""
-    state = checkpoint.load(run_path)
+def final_evaluation(path: Path) -> dict[int, Errors]:
+    """Centre-crop and ten-crop validation errors of a checkpoint (of a run folder: its best.pt, else last.pt)."""
+    state = checkpoint.load(path)
     cfg = saved_config(state)
     net = network(state, cfg.device, cfg.precision)
     val = Loader(open_split(data_root(cfg.data), "val"), cfg.batch_size, shuffle=False, workers=cfg.workers,

@@ -114,6 +114,8 @@ def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path, capsys):
     junk = tmp_path / "junk.JPEG"
     junk.write_text("not a photo")
     one_line_error(capsys, ["predict", str(paths[0]), str(junk)], "junk.JPEG")
+    one_line_error(capsys, ["predict", str(paths[0]), str(tmp_path / "nope.jpg")], "nope.jpg: no such file")
+    one_line_error(capsys, ["predict", str(paths[0]), str(tmp_path)], f"{tmp_path}: a folder, not an image")
     # the same through `python -m alexnet`, in a process of its own
     argv = ["eval", str(tmp_path / "missing.pt"), "--data", str(store)]
     result = subprocess.run([sys.executable, "-m", "alexnet", *argv], capture_output=True, text=True, timeout=300)

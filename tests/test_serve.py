@@ -295,19 +295,26 @@ def test_auto_precision_is_the_faster_at_the_servers_max_batch(ckpt, tmp_path, m
     monkeypatch.setattr(inference, "_seconds", seconds)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     for max_batch, chosen in ((1, "fp32"), (16, "bf16")):
-        main(["serve", str(ckpt[0]), "--max-batch", str(max_batch)])
-        assert capsys.readouterr().out.rstrip().endswith(f"cpu, {chosen}) at http://127.0.0.1:8000/")
+        port = free_port()
+        main(["serve", str(ckpt[0]), "--max-batch", str(max_batch), "--port", str(port)])
+        assert capsys.readouterr().out.rstrip().endswith(f"cpu, {chosen}) at http://127.0.0.1:{port}/")
     assert set(timed) == {1, 16}
 
 
 def test_bad_command_line_input_is_one_line_and_status_2(ckpt, tmp_path, capsys):
-    for argv, fragment in ((["serve", str(tmp_path / "missing.pt")], "no checkpoint at"),
-                           (["serve", str(ckpt[0]), "--features", str(tmp_path)], "is not a features folder")):
-        with pytest.raises(SystemExit) as stop:
-            main(argv)
-        assert stop.value.code == 2
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and fragment in lines[0], lines
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for argv, fragment in ((["serve", str(tmp_path / "missing.pt")], "no checkpoint at"),
+                               (["serve", str(ckpt[0]), "--features", str(tmp_path)], "is not a features folder"),
+                               (["serve", str(ckpt[0]), "--port", "99999"], "expected a port number from 1 to 65535"),
+                               (["serve", str(ckpt[0]), "--port", port], f"--port {port}: cannot listen there")):
+            with pytest.raises(SystemExit) as stop:
+                main(argv)
+            assert stop.value.code == 2
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert len(lines) == 1 and fragment in lines[0], lines
 
 
 def free_port() -> int:

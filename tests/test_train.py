@@ -131,7 +131,8 @@ def test_cli_reports_divergence_in_one_line(store, tmp_path):
     result = run("train", "--data", str(store), "--lr", "1e8", "--epochs", "1", "--batch-size", "16",
                  "--no-progress", "--out", str(tmp_path))
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("alexnet train: stopped: the loss became")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("alexnet train: stopped: the loss became") and "no checkpoint had been saved yet" in last
     assert "Traceback" not in result.stderr
 
 
@@ -185,6 +186,32 @@ def test_a_bad_option_value_is_one_line_and_leaves_no_run_folder(tmp_path, capsy
             TrainConfig(**{option[2:].replace("-", "_"): float(value)})
 
 
+def test_a_run_folder_that_exists_is_never_written_over(tmp_path, capsys):
+    taken = tmp_path / "runs" / "taken"
+    taken.mkdir(parents=True)
+    (taken / "config.json").write_text("a finished run's")
+    for argv, message in ((["--name", "taken"], f"{taken} exists already: --resume {taken} trains it on"),
+                          (["--name", "../elsewhere"], "argument --name: expected a folder name, without /"),
+                          (["--device", "bogus"], "--device bogus: expected auto, cpu, cuda or cuda:N")):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", *argv, "--out", str(tmp_path / "runs")])
+        assert stop.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["taken"] and not (tmp_path / "elsewhere").exists()
+    assert [p.name for p in taken.iterdir()] == ["config.json"]
+    assert (taken / "config.json").read_text() == "a finished run's"
+
+
+def test_a_run_stopped_within_its_first_epoch_points_to_the_checkpoint_it_has(store, tmp_path, capsys):
+    main(["train", "--data", str(store), "--max-steps", "1", "--batch-size", "16", "--width", "0.25", "--no-progress",
+          "--precision", "fp32", "--out", str(tmp_path), "--name", "short"])
+    out = capsys.readouterr().out
+    last = tmp_path / "short" / "last.pt"
+    assert f"evaluating {last} on the validation images" in out and f"alexnet predict {last} IMAGE.jpg" in out
+    assert last.is_file() and not (tmp_path / "short" / "best.pt").exists() and "best.pt" not in out
+
+
 def test_a_crop_larger_than_the_stored_images_is_refused_before_a_run_folder_exists(tmp_path, capsys):
     store = prepare(photo_folder(tmp_path / "photos", 2, 1), tmp_path / "small", size=200, progress=False).path
     with pytest.raises(SystemExit) as stop:
@@ -231,6 +258,9 @@ def test_a_resume_keeps_the_runs_recipe_and_says_what_it_may_change(store, tmp_p
     train(TrainConfig(resume=str(run_dir), max_steps=100, progress=False))  # the rest of the epoch
     with pytest.raises(SystemExit) as stop:
         main(["train", "--resume", str(run_dir)])
+    assert "the run has trained all its 1 epoch; give --epochs N above 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--resume", str(run_dir), "--epochs", "1"])
     assert "--epochs 1: the run has trained 1 epoch already" in capsys.readouterr().err
     help_text = " ".join(subprocess.run(alexnet_cmd("train", "--help"), capture_output=True, text=True).stdout.split())
     assert "With --resume, a run keeps its own configuration; it may change --epochs," in help_text
@@ -318,5 +348,5 @@ def test_a_budgeted_run_records_its_plan_and_a_resume_keeps_it(store, tmp_path, 
     assert "--minutes 0.2: " in printed and f"{saved['epochs']} epoch" in printed
     assert saved["minutes"] == 0.2 and 1 <= saved["epochs"] == len(metrics(run_dir))
     assert checkpoint.load(run_dir / "last.pt")["planned"]
-    with pytest.raises(InputError, match=f"--epochs {saved['epochs']}: the run has trained"):
+    with pytest.raises(InputError, match=f"the run has trained all its {saved['epochs']} epoch"):
         train(TrainConfig(resume=str(run_dir), progress=False))  # the plan is kept, not made again

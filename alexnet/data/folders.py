@@ -12,6 +12,7 @@ ImageNet tench n01440764 = 0):
 
 import contextlib
 import csv
+import errno
 import functools
 import logging
 import os
@@ -321,7 +322,8 @@ def _decode(source: Path | BinaryIO, max_pixels: int,
     try:
         opened = source.open("rb") if isinstance(source, Path) else contextlib.nullcontext(source)
     except OSError as err:
-        raise BadImageError(path, "unreadable") from err
+        reason = {errno.ENOENT: "no such file", errno.EISDIR: "a folder, not an image"}.get(err.errno, "unreadable")
+        raise BadImageError(path, reason) from err
     with opened as f:
         try:
             with warnings.catch_warnings():  # PIL warns above its own limit; `max_pixels` decides instead
