@@ -115,7 +115,7 @@ class TrainConfig:
     workers: int = option(2, "decoding processes when reading JPEG folders", accepts=SIZE, resume=True)
     seed: int = option(0, "random seed", accepts=SIZE)
     out: str = option("runs", "folder for run folders")
-    name: str | None = option(None, "run folder name, a new one in --out (default: date-time-arch)", accepts=NAME)
+    name: str | None = option(None, "a new run folder's name (default: date-time-arch)", accepts=NAME)
     save_every: float = option(10.0, "minutes between mid-epoch checkpoints (0: only at the end of an epoch)",
                                accepts=AMOUNT, resume=True)
     max_steps: int | None = option(None, "stop after this many steps in all", accepts=COUNT, resume=True)

@@ -285,10 +285,11 @@ def test_every_option_shows_its_default_in_help():
                 continue
             helped = " ".join(action.help.split())
             assert helped in text, (name, action.dest)
+            default = "none" if action.default is None else action.default
             if "default" not in helped:
-                assert f"{helped} (default: {action.default})" in text, (name, action.dest)
+                assert f"{helped} (default: {default})" in text, (name, action.dest)
             else:
-                assert f"{helped} (default: {action.default})" not in text, (name, action.dest)
+                assert f"{helped} (default: {default})" not in text, (name, action.dest)
 
 
 def test_a_caption_shows_a_path_inside_the_current_folder_relative_and_one_outside_by_its_last_parts(
