@@ -274,7 +274,7 @@ def test_bad_data_is_a_one_line_error(tmp_path, capsys, layout, message):
         main(["experiment", "lrn", "--data", str(data), "--out", str(tmp_path / "out"), "--cache", str(tmp_path)])
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"alexnet experiment: error: {message}")
+    assert len(lines) == 1 and lines[0].startswith(f"alexnet experiment lrn: error: {message}")
 
 
 @pytest.mark.parametrize("option, message", [
