@@ -32,9 +32,9 @@ def load(path: str | Path) -> dict:
     save_weights); a missing, truncated or foreign file raises InputError with a one-line reason."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "last.pt").is_file() and not (path / "best.pt").is_file():
-            raise InputError(f"{path} is a folder but not a run folder (no last.pt or best.pt in it)")
-        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+        path = of_run(path)
+        if not path.is_file():
+            raise InputError(f"{path.parent} is a folder but not a run folder (no last.pt or best.pt in it)")
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
     from .export import FORMATS
@@ -54,6 +54,11 @@ def load(path: str | Path) -> dict:
         raise InputError(f"{path} is not an alexnet checkpoint")
     state["path"] = str(path)
     return state
+
+
+def of_run(folder: Path) -> Path:
+    """A run folder's checkpoint to use: best.pt, or last.pt where none is best yet (within the first epoch)."""
+    return folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
 
 
 def first_words(err: Exception, most: int = 100) -> str:

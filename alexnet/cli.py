@@ -44,6 +44,7 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from . import checkpoint
     from .options import from_args
     from .runtime import tune_process
     from .train import TrainConfig, final_evaluation, train
@@ -53,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
     run = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    best = run / "best.pt" if (run / "best.pt").exists() else run / "last.pt"  # none is best before an epoch ends
+    best = checkpoint.of_run(run)
     print(f"evaluating {best} on the validation images ...", flush=True)
     for crops, errors in final_evaluation(best).items():
         print(f"  {'centre crop' if crops == 1 else 'ten crops  '}: {errors.line()}")

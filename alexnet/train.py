@@ -611,6 +611,11 @@ class Trainer:
         bar.close()
         return lr
 
+    def _kept(self) -> str:
+        """What a stopped run leaves to go back to, in words."""
+        last = self.run_path / "last.pt"
+        return f"the last checkpoint is {last}" if last.exists() else "no checkpoint had been saved yet"
+
     def _read(self, unread: torch.Tensor, steps: int) -> float:
         """Add the last `steps` steps' counts (over all processes) to the epoch's sums; their mean loss.
 
@@ -619,16 +624,14 @@ class Trainer:
         loss_range, alive = _sum(unread[3:].clone(), dist.ReduceOp.MAX).tolist()
         unread.zero_()
         where = f"step {self.step}" if steps == 1 else f"steps {self.step - steps + 1}-{self.step}"
-        last = self.run_path / "last.pt"
-        kept = f"the last checkpoint is {last}" if last.exists() else "no checkpoint had been saved yet"
         if not math.isfinite(loss):
-            raise DivergedError(f"the loss became {loss} at epoch {self.epoch + 1}, {where}; {kept} "
+            raise DivergedError(f"the loss became {loss} at epoch {self.epoch + 1}, {where}; {self._kept()} "
                                 "(try a lower --lr)")
         if self.guard.dead(loss / images, loss_range, alive, steps):
             raise DivergedError(f"the network died: for {self.guard.flat} steps up to epoch {self.epoch + 1}, "
                                 f"step {self.step}, fewer than {DeadGuard.ALIVE:.0%} of fc7's units fired and the mean "
                                 f"loss was no lower than a constant guess's (ln {len(self.data.classes)} = "
-                                f"{self.guard.chance:.3f}); {kept} (try --init torchvision, or a lower --lr)")
+                                f"{self.guard.chance:.3f}); {self._kept()} (try --init torchvision, or a lower --lr)")
         self.sums = [self.sums[0] + images, self.sums[1] + loss, self.sums[2] + wrong]
         return loss / images
 
