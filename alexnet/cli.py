@@ -9,7 +9,8 @@ from .model import ARCHS
 
 TRACEBACK = "ALEXNET_TRACEBACK"  # set to show the traceback of a bad-input error
 # what the system says of a path the user gave that it cannot write: not a bug, one line
-REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+           errno.EEXIST}
 
 
 def _summary(args: argparse.Namespace) -> None:

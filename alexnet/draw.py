@@ -75,7 +75,6 @@ class Canvas:
     def save(self, path: str | Path) -> Path:
         """Write the PNG through a temporary file (created with its folder where missing)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.figure.figimage(self.pixels, xo=0, yo=0, origin="upper", zorder=-1)
         atomic_write(path, lambda f: self.figure.savefig(f, dpi=DPI, format="png"))
         return path

@@ -96,8 +96,6 @@ def _format(out: str | Path, fmt: str | None = None) -> str:
 def export(ckpt: str | Path, out: str | Path, fmt: str | None = None) -> dict:
     """`alexnet export`: write a checkpoint's network to `out` in `fmt` (default: by OUT's suffix); its metadata."""
     fmt, out = _format(out, fmt), Path(out)
-    if not out.parent.is_dir():
-        raise InputError(f"no folder {out.parent} to write {out.name} in")
     if out.suffix == ".pt":  # a checkpoint's name: export writes none, and would replace one
         raise InputError(f"{out}: .pt is for checkpoints; name the {fmt} file with another suffix")
     state = checkpoint.load(ckpt)

@@ -9,8 +9,10 @@ from typing import BinaryIO
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file and a rename: the file is there whole or not at all."""
+    """Write through a temporary file and a rename: the file is there whole or not at all (its folder is made
+    where missing)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:

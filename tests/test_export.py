@@ -223,7 +223,10 @@ def test_torch_hub_loads_the_model_from_a_local_checkout(ckpts, tmp_path):
 def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_weights, tmp_path, capsys):
     one_line_error(capsys, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "a.onnx")], "no checkpoint at")
     one_line_error(capsys, ["export", str(ckpts["owt"]), str(tmp_path / "a.bin")], "name the format")
-    one_line_error(capsys, ["export", str(ckpts["owt"]), str(tmp_path / "no" / "a.onnx")], "no folder")
+    (tmp_path / "file").write_text("")
+    one_line_error(capsys, ["export", str(ckpts["owt"]), str(tmp_path / "file" / "a.safetensors")], "File exists")
+    main(["export", str(ckpts["owt"]), str(tmp_path / "new" / "a.safetensors")])  # its folder is made
+    assert (tmp_path / "new" / "a.safetensors").is_file()
     (tmp_path / "fake.safetensors").write_bytes(b"not safetensors")
     one_line_error(capsys, ["eval", str(tmp_path / "fake.safetensors")], "is not a readable safetensors file")
     one_line_error(capsys, ["import-torchvision", str(ckpts["owt"]), str(tmp_path / "a.pt")], "is not a state dict")
@@ -233,7 +236,8 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_wei
     one_line_error(capsys, ["import-torchvision", str(bad), str(tmp_path / "a.pt")], "do not fit a 'owt' network")
     save_file(torch.load(weights, weights_only=True), tmp_path / "plain.safetensors")  # torchvision's, as is
     one_line_error(capsys, ["predict", str(tmp_path / "plain.safetensors"), str(PHOTO)], "not an alexnet weights file")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.safetensors", "plain.safetensors", "ten.pth"]
+    left = ["fake.safetensors", "file", "new", "plain.safetensors", "ten.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == left
     # nothing written is overwritten by an export: not a checkpoint's name, not the file being exported
     trained = tmp_path / "copy.pt"
     shutil.copy(ckpts["owt"], trained)
