@@ -22,16 +22,19 @@ if TYPE_CHECKING:
 
 @dataclass
 class Errors:
-    """Top-1 and top-5 error rates over `count` images, and the mean cross-entropy where computed."""
+    """Top-1 and top-5 error rates over `count` images of `classes` classes, and the mean cross-entropy where
+    computed."""
 
     top1: float
     top5: float
     count: int
+    classes: int
     loss: float = float("nan")
 
     def line(self) -> str:
         """One line for people."""
-        return f"top-1 error {100 * self.top1:.2f}%, top-5 error {100 * self.top5:.2f}% on {self.count} images"
+        few = f" (of {self.classes} classes, all are in the top 5)" if 0 < self.classes <= 5 else ""
+        return f"top-1 error {100 * self.top1:.2f}%, top-5 error {100 * self.top5:.2f}%{few} on {self.count} images"
 
 
 @torch.no_grad()
@@ -68,9 +71,10 @@ def evaluate(networks: list[Network], batches: Iterable, crops: int = 1,
     for net in networks:
         net.model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # wrong top-1, wrong top-5, images, summed loss
+    classes = 0
     for images, labels, *_ in batches:
         probs = probabilities(networks, images, crops)
-        labels = labels.to(probs.device)
+        labels, classes = labels.to(probs.device), probs.shape[1]
         w1, w5 = wrong(probs, labels)
         nll = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
         sums += torch.tensor([w1, w5, len(labels), nll], dtype=torch.float64)
@@ -82,7 +86,7 @@ def evaluate(networks: list[Network], batches: Iterable, crops: int = 1,
     if n == 0:
         raise InputError("no images to evaluate")
     loss = nll / n if len(networks) == 1 and crops == 1 else float("nan")
-    return Errors(w1 / n, w5 / n, int(n), loss)
+    return Errors(w1 / n, w5 / n, int(n), classes, loss)
 
 
 def top5(probs: torch.Tensor, names: list[str]) -> list[list[tuple[str, float]]]:

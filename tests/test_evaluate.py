@@ -14,7 +14,7 @@ from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.data.augment import center_crop, ten_crop
 from alexnet.data.store import Store
-from alexnet.evaluate import evaluate, probabilities, wrong
+from alexnet.evaluate import Errors, evaluate, probabilities, wrong
 from alexnet.inference import load_networks
 from alexnet.train import TrainConfig, Trainer, open_data
 
@@ -79,6 +79,9 @@ def test_eval_command_counts_every_image_and_matches_the_library(store, checkpoi
 
     errors = evaluate(members(paths[:1]), Loader(split, 7, shuffle=False).epoch(0))
     assert report["top1_error"] == pytest.approx(errors.top1) and report["top5_error"] == pytest.approx(errors.top5)
+    assert "top-5 error 0.00% (of 4 classes, all are in the top 5) on 20 images" in cli(
+        capsys, "eval", str(paths[0]), "--data", str(store))
+    assert "classes" not in Errors(0.5, 0.25, 20, 10).line()
     assert "an ensemble of 2, ten crops" in cli(capsys, "eval", *map(str, paths), "--data", str(store), "--crops", "10")
 
 
