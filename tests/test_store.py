@@ -44,6 +44,14 @@ def test_store_holds_every_image_with_its_label(photos, tmp_path):
     assert len(train.shards) == 5  # 25 images in shards of 5
 
 
+def test_a_store_names_its_files_by_absolute_path_when_made_from_a_relative_one(photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(photos.parent)
+    store = prepare(photos.name, tmp_path / "store", workers=1, progress=False)
+    monkeypatch.chdir(tmp_path)
+    files = store.split("val").files
+    assert len(files) == 8 and all(os.path.isabs(f) and os.path.isfile(f) for f in files)
+
+
 def test_store_crop_equals_the_crop_taken_from_the_jpeg_by_hand(photos, tmp_path):
     store = prepare(photos, tmp_path / "store", workers=1, progress=False)
     train = store.split("train")

@@ -67,8 +67,9 @@ def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | 
 
 
 def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) -> dict:
+    src = src.resolve()  # each file by its absolute path: features and neighbors name it from any folder
     lists: dict[str, ImageList] = {split: list_images(src, split, label_file) for split in splits(src)}
-    plan = {"version": VERSION, "source": str(src.resolve()), "size": size, "shard_size": shard_size, "splits": {}}
+    plan = {"version": VERSION, "source": str(src), "size": size, "shard_size": shard_size, "splits": {}}
     for split, images in lists.items():
         plan["splits"][split] = {
             "files": [str(p) for p in images.paths], "labels": images.labels.tolist(),
