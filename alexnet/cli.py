@@ -46,6 +46,7 @@ def _download(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from . import checkpoint
+    from .files import read_json
     from .options import from_args
     from .runtime import tune_process
     from .train import TrainConfig, final_evaluation, train
@@ -59,7 +60,8 @@ def _train(args: argparse.Namespace) -> None:
     print(f"evaluating {best} on the validation images ...", flush=True)
     for crops, errors in final_evaluation(best).items():
         print(f"  {'centre crop' if crops == 1 else 'ten crops  '}: {errors.line()}")
-    data = f" --data {args.data}" if args.data else ""
+    saved = read_json(run / "config.json")["data"]  # a resumed run's own, which its command line need not name
+    data = f" --data {saved}" if saved else ""
     hints = [(f"alexnet predict {best} IMAGE.jpg ...", "top-5 classes of your own photos"),
              (f"alexnet eval {best}{data} --crops 10", "the evaluation again (more checkpoints: an ensemble)"),
              (f"alexnet train --resume {run} --epochs N", "train longer"),

@@ -83,6 +83,7 @@ def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path
     assert stopped["epoch"] == 0 and 1 <= stopped["step"] < 12, "the kill should land mid-epoch"
     resumed = run("train", "--resume", str(tmp_path / "killed"), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
+    assert f"eval {tmp_path / 'killed' / 'best.pt'} --data {store} --crops 10" in resumed.stdout  # the run's data
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "killed")
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
     assert [r["val_top1"] for r in a] == [r["val_top1"] for r in b]
