@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from alexnet.cli import _parser
+from alexnet.model import ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -88,6 +89,19 @@ def test_commands_in_code_blocks_exist(page):
     assert unknown_commands(page) == []
 
 
+def unlisted_modules(layout: str, package: Path) -> list[str]:
+    """The package's source files (below the package, without __init__.py) that the layout does not name."""
+    files = [f for f in sorted(package.rglob("*")) if f.suffix in (".py", ".cpp") and not f.name.startswith("__")]
+    return [str(f.relative_to(package)) for f in files if f.name not in layout]
+
+
+def test_the_design_pages_layout_names_every_module_and_architecture():
+    design = (ROOT / "docs" / "design.md").read_text()
+    assert unlisted_modules(design.split("## Layout")[1], ROOT / "alexnet") == []
+    for page in ("design.md", "formats.md"):
+        assert all(arch in (ROOT / "docs" / page).read_text() for arch in ARCHS), page
+
+
 def test_the_checks_find_what_they_look_for(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "x.png").write_bytes(b"")
@@ -104,3 +118,7 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                               ["predict", "R", "a.jpg", "--fast"], ["experiment", "lrn", "--data", "D", "--epoch", "3"],
                               ["trian"]]
     assert unknown_commands(page) == ["predict R a.jpg --fast", "experiment lrn --data D --epoch 3", "trian"]
+    (tmp_path / "pkg" / "csrc").mkdir(parents=True)
+    for name in ("__init__.py", "a.py", "csrc/b.cpp", "csrc/c.cpp"):
+        (tmp_path / "pkg" / name).write_text("")
+    assert unlisted_modules("a.py  csrc/  b.cpp", tmp_path / "pkg") == ["csrc/c.cpp"]
