@@ -28,7 +28,7 @@ from .summary import layer_table
 
 FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2"}  # each format's suffix
 METADATA = "alexnet.json"  # the metadata's key in an ONNX file's metadata_props and a .pt2's extra files
-INPUT, OUTPUT = "images", "logits"
+INPUT, OUTPUT, BATCH = "images", "logits", "batch"  # the graph's names: input, output, its dynamic dimension
 # torchvision's preprocessing of its ImageNet weights (AlexNet_Weights.IMAGENET1K_V1.transforms()):
 # shorter side to 256, centre crop 224, then (pixels / 255 - mean) / std
 TORCHVISION_CROP, TORCHVISION_MEAN, TORCHVISION_STD = 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -71,7 +71,7 @@ def metadata(state: dict, model: nn.Module) -> dict:
 
 def _program(model: nn.Module, crop: int) -> torch.export.ExportedProgram:
     """The eval-mode network traced by torch.export, with a dynamic batch dimension."""
-    batch = torch.export.Dim("batch")
+    batch = torch.export.Dim(BATCH)
     return torch.export.export(model.eval(), (torch.zeros(2, 3, crop, crop),), dynamic_shapes=({0: batch},))
 
 
@@ -81,7 +81,13 @@ def _onnx_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
 
     onnx = torch.onnx.export(program, dynamo=True, input_names=[INPUT], output_names=[OUTPUT], verbose=False)
     onnx.model.metadata_props[METADATA] = json.dumps(meta)
-    return onnx_ir.to_proto(onnx.model).SerializeToString()
+    proto = onnx_ir.to_proto(onnx.model)
+    symbol = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the exporter's own name, as "s77"
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == symbol:
+                dim.dim_param = BATCH
+    return proto.SerializeToString()
 
 
 def _format(out: str | Path, fmt: str | None = None) -> str:
