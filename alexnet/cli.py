@@ -236,10 +236,12 @@ def _parser() -> argparse.ArgumentParser:
 
     from .download import ARCHIVES, BASE_URL_VARIABLE
 
-    p = commands.add_parser("download", formatter_class=fmt, help="download Imagenette or CIFAR-10, verified",
+    p = commands.add_parser("download", formatter_class=fmt, help="download Imagenette, Imagewoof or CIFAR-10, "
+                                                                  "verified",
                             description="Download a data set from its publisher into DST (an interrupted download "
-                                        "continues), check its published size and SHA-256, and unpack it: "
-                                        "Imagenette into DST/NAME/{train,val}/<wnid>/*.JPEG, CIFAR-10 into "
+                                        "continues), check its published size and checksum (SHA-256, or MD5 where "
+                                        "only that is published), and unpack it: Imagenette and Imagewoof into "
+                                        "DST/NAME/{train,val}/<wnid>/*.JPEG, CIFAR-10 into "
                                         f"DST/{{train,test}}/<class>/*.png. {BASE_URL_VARIABLE}=URL takes the same "
                                         "file names from a mirror.")
     p.add_argument("name", choices=ARCHIVES, metavar="NAME",

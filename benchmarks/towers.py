@@ -126,7 +126,7 @@ def layer_order(key: str) -> tuple[int, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=64, help="images per step in all")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     parser.add_argument("--worlds", default="2,4", help="numbers of processes")
