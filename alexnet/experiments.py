@@ -524,9 +524,9 @@ def summarize(experiment: str, runs: list[list[Curve]]) -> dict:
 
 def report(experiment: str, results: dict) -> str:
     """The results as a few lines of text: a table of errors, and Figure 1's ratio."""
-    rows = [f"{'variant':<24} {'test error':>10} {'best':>7} {'train error':>11} {'images/s':>9}"]
+    rows = [f"{'variant':<24} {'test error':>10} {'best test':>10} {'train error':>11} {'images/s':>9}"]
     for label, v in results["variants"].items():
-        rows.append(f"{label:<24} {v['final_test_error']:>10.2%} {v['best_test_error']:>7.2%} "
+        rows.append(f"{label:<24} {v['final_test_error']:>10.2%} {v['best_test_error']:>10.2%} "
                     f"{v['final_train_error']:>11.2%} {v['images_per_s']:>9.0f}")
     if experiment == "relu-vs-tanh":
         (relu, a), (tanh, b) = ((label, v["epochs_to_25"]) for label, v in results["variants"].items())

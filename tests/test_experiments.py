@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,9 @@ def test_report_states_the_ratio_or_a_lower_bound():
         "relu-vs-tanh", results(3.0, None))
     assert "ReLU did not reach 25% training error within 12 epochs, nor did tanh" in experiments.report(
         "relu-vs-tanh", results(None, None))
+    header, row = experiments.report("relu-vs-tanh", results(2.0, 12.0)).splitlines()[:2]
+    ends = [m.end() for m in re.finditer(r"\S+", row)][1:]  # the four values' right edges
+    assert [header[:e].split()[-1] for e in ends] == ["error", "test", "error", "images/s"]  # a name above each
 
 
 def test_inputs_subtract_the_mean_image_and_flip():
