@@ -483,7 +483,7 @@ class Trainer:
             [time.monotonic() - self.started, epoch_seconds, validation_seconds], dtype=torch.float64),
             dist.ReduceOp.MAX).tolist()  # every process decides the same
         left = 60 * self.cfg.minutes - spent - 11 * validation_seconds
-        epochs = min(self.cfg.epochs, self.epoch + 1 + max(0, int(left // epoch_seconds)))  # this one, then more
+        epochs = min(self.cfg.epochs, self.epoch + max(0, int(left // epoch_seconds)))  # those done, then more
         self.cfg = dataclasses.replace(self.cfg, epochs=epochs)
         state = self.schedule.state_dict()
         self.schedule = Schedule.of(self.cfg, steps_per_epoch=len(self.data.train))

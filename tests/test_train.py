@@ -333,6 +333,7 @@ def test_a_budget_fits_the_epochs_to_the_first_epochs_time(store, tmp_path):
     trainer = alexnet.train.Trainer(cfg, alexnet.train.open_data(cfg), tmp_path / "run")
     (tmp_path / "run").mkdir()
     trainer.started -= 30  # 30 s spent on the first epoch and what came before it
+    trainer.epoch = 1  # as in the loop: the plan comes once the first epoch is counted (and saved)
     trainer.plan(epoch_seconds=10, validation_seconds=1)
     # 120 s - 30 s spent - 11 validation passes for the final evaluation = 79 s: 7 more epochs after the first
     assert trainer.cfg.epochs == trainer.schedule.epochs == 8 and trainer.planned
