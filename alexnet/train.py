@@ -57,6 +57,7 @@ READ_EVERY = 20  # steps between reading the loss back from a GPU
 PROBE_BATCH = 64  # images per step in the timing of --precision auto
 RECIPE_SAMPLE = 2000  # images that estimate the mean image and RGB PCA when training straight from JPEGs
 AUGMENTATIONS = ("paper", "crops", "none")
+ORDERS = ("shuffled", "stratified")
 CROP = Accepts("a whole number of at least 64", lambda v: v >= 64)
 NAME = Accepts("a folder name, without /", lambda v: v not in ("", ".", "..") and "/" not in v)
 
@@ -72,7 +73,8 @@ class TrainConfig:
     lrn: str | None = option(None, "LRN formula (default: the architecture's own)", section="§3.3", choices=MODES)
     init: str | None = option(None, f"initialization (default: §5's with {PAPER_CLASSES} classes or more, PyTorch's "
                                     "default with fewer, on which §5's dies; the architecture's own for owt and "
-                                    "caffenet)", section="§5", choices=INITS)
+                                    "caffenet; centered: PyTorch's in the convolutions, fc6 and fc7 He's with "
+                                    "zero-sum rows, fc8 0)", section="§5", choices=INITS)
     dropout: float = option(0.5, "dropout probability on fc6 and fc7", section="§4.2", accepts=FRACTION)
     width: float = option(1.0, "kernels and units of every hidden layer, as a fraction of the architecture's "
                                "(every one but owt)", section="§3.5", choices=WIDTHS)
@@ -97,6 +99,9 @@ class TrainConfig:
     max_drops: int = option(3, "plateau: at most this many drops", section="§5", accepts=SIZE)
     step_size: int = option(30, "step: epochs between drops", accepts=COUNT)
     warmup_epochs: float = option(0.0, "linear warm-up, in epochs", accepts=AMOUNT)
+    order: str = option("shuffled", "each epoch's order of the training images: shuffled (a plain permutation) or "
+                                    "stratified (shuffled with each class spread evenly over the epoch, so that "
+                                    "every batch holds each class in its share)", choices=ORDERS)
     crop: int = option(224, "training crop size (224 or 227; smaller for the paper's layout on smaller images: "
                             "64, 67, 96, 99, ...)", section="§4.1", accepts=CROP)
     parallel: str | None = option(None, "how torchrun's processes share the work: data (default): a whole network "
@@ -231,7 +236,8 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1, pair: Pair | None
         description += f" (mean and PCA from {min(len(train), RECIPE_SAMPLE)} images)"
     loader = functools.partial(Loader, batch_size=cfg.batch_size, seed=cfg.seed, rank=shard, world=shards,
                                workers=cfg.workers, pin_memory=choose_device(cfg.device).type == "cuda")
-    return Data(loader(train, shuffle=True), loader(val, shuffle=False), recipe, description)
+    return Data(loader(train, shuffle=True, stratify=cfg.order == "stratified"), loader(val, shuffle=False), recipe,
+                description)
 
 
 def _distributed() -> tuple[int, int, int]:

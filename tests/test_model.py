@@ -130,6 +130,22 @@ def test_caffe_initialization_statistics():
     assert torch.equal(layers["fc8"].bias, torch.zeros_like(layers["fc8"].bias))
 
 
+def test_centered_initialization_statistics():
+    torch.manual_seed(0)
+    pytorch = build_model("paper", num_classes=10, init="torchvision").layers()
+    torch.manual_seed(0)
+    layers = build_model("paper", num_classes=10, init="centered").layers()
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):  # PyTorch's default, draw for draw
+        assert torch.equal(layers[name].weight, pytorch[name].weight) and torch.equal(layers[name].bias,
+                                                                                     pytorch[name].bias), name
+    for name in ("fc6", "fc7"):  # He's normal, each unit's weights summing to 0, no bias
+        weight = layers[name].weight
+        assert weight.std().item() == pytest.approx((2 / weight.shape[1]) ** 0.5, rel=0.02), name
+        assert weight.sum(1).abs().max().item() < 1e-4 * weight.abs().sum(1).min().item(), name
+        assert not layers[name].bias.any(), name
+    assert not layers["fc8"].weight.any() and not layers["fc8"].bias.any()
+
+
 def test_same_seed_same_weights():
     def weights(seed):
         torch.manual_seed(seed)

@@ -167,6 +167,19 @@ def test_data_order_and_augmentation_are_keyed_so_resume_can_replay_them(store):
     assert sorted(np.concatenate(whole).tolist()) == list(range(96))
 
 
+def test_the_order_option_reaches_the_training_batches(store, tmp_path):
+    from alexnet.data.loader import epoch_order, stratified_order
+    from alexnet.train import open_data
+
+    for order in ("shuffled", "stratified"):
+        data = open_data(config(store, tmp_path, order=order))
+        labels = data.train.source.labels
+        drawn = np.concatenate([idx for _, _, idx in data.train.epoch(1)])
+        expected = stratified_order(labels, 0, 1) if order == "stratified" else epoch_order(len(labels), 0, 1, True)
+        assert drawn.tolist() == expected.tolist()
+    assert TrainConfig().order == "shuffled"
+
+
 @pytest.mark.parametrize(("option", "value", "accepts"), [
     ("--batch-size", "0", "a whole number of at least 1"), ("--epochs", "-3", "a whole number of at least 1"),
     ("--lr", "nan", "a finite number above 0"), ("--lr", "-0.1", "a finite number above 0"),
