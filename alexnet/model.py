@@ -227,7 +227,7 @@ def default_init(arch: str, classes: int) -> tuple[str, str]:
     comes back to ln(classes) and stays there while fc7's units stop firing (DeadGuard); a warm-up of one
     epoch delays the rise but does not prevent it (2, 3 and 10 classes). PyTorch's default initialization
     learned on 2, 3 and 10 classes, its fc7 units firing throughout (docs/reproduction.md). "centered"
-    starts faster on 10 classes but rose above ln 2 on 2 classes, so it is not the default.
+    starts faster on 10 classes but rose above ln 2 on 2 classes and above ln 3 on 3, so it is not the default.
     """
     if arch == "owt":
         return "torchvision", "torchvision's own"
