@@ -198,6 +198,8 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
     """
     if scheme not in INITS:
         raise InputError(f"unknown initialization {scheme!r}; expected one of {', '.join(INITS)}")
+    if scheme == "torchvision":
+        return
     layers = model.layers()
     if scheme == "centered":
         for name in ("fc6", "fc7"):
@@ -208,7 +210,6 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
             nn.init.zeros_(layers[name].bias)
         nn.init.zeros_(layers["fc8"].weight)
         nn.init.zeros_(layers["fc8"].bias)
-    if scheme in ("torchvision", "centered"):
         return
     one = 1.0 if scheme == "paper" else 0.1
     for name, layer in layers.items():

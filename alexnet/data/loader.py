@@ -4,7 +4,8 @@ A batch is (uint8 images (B, 256, 256, 3), int64 labels (B,), the images' indice
 256×256 preprocessing of §2 done, the augmentation of §4.1 still to come (augment.py, on the device
 that trains, keyed by the indices). The order of an epoch is a permutation drawn from (seed, epoch)
 alone, so a resumed run sees exactly the batches it would have seen; asked to, a shuffled order is
-stratified by class (stratified_order). Under DDP each global batch is cut into one contiguous slice per process.
+stratified by class (stratified_order). Under DDP each global batch is cut into one contiguous slice per
+process.
 """
 
 from collections.abc import Iterator
@@ -23,12 +24,12 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
 def stratified_order(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """A permutation seeded by (seed, epoch) that spreads each class evenly over the epoch.
 
-    Every run of consecutive images then holds each class in about its share of the data set, give or take
-    one image, so that a batch's class counts follow the data set's rather than chance. §5 does not say how
+    Every run of consecutive images then holds each class in its share of the data set, off by less than
+    two images, so that a batch's class counts follow the data set's rather than chance. §5 does not say how
     batches are drawn; with few classes a plain shuffle's swings in the class counts of a batch of 128
-    (10 classes: 12.8 ± 3.4 each) move every logit of a class together, and at the start of training that
-    swing is larger than what the classes' features tell apart. With 1000 classes a batch of 128 holds 128
-    different ones. Measured: docs/reproduction.md#stratified-batches-and-a-centered-initialization.
+    (the built-in photos: 12.8 ± 3 of each class) move every logit of a class together, and at the start of
+    training that swing is larger than what the classes' features tell apart. With 1000 classes a batch of
+    128 holds no class more than twice. Measured: docs/reproduction.md#stratified-batches-and-a-centered-initialization.
     """
     rng = np.random.default_rng([seed, epoch])
     shuffled = rng.permutation(len(labels))
