@@ -58,6 +58,13 @@ PROBE_BATCH = 64  # images per step in the timing of --precision auto
 RECIPE_SAMPLE = 2000  # images that estimate the mean image and RGB PCA when training straight from JPEGs
 AUGMENTATIONS = ("paper", "crops", "none")
 ORDERS = ("shuffled", "stratified")
+# Below PAPER_CLASSES classes a step's gradient is scaled down to this norm where it is longer. On a few classes
+# fc8's steepest direction, fc7's mean output, turns unstable at §5's rate as the network learns, and the loss leaps;
+# the gradient's norm, 2-4.5 in a steady step, reaches 10-28 in a leap (docs/reproduction.md, "The defaults on a few
+# classes: clipped gradients").
+CLIP = 5.0
+# What a run saved before an option existed did, for the options that came later with another default
+BEFORE = {"order": "shuffled", "clip": 0.0}
 CROP = Accepts("a whole number of at least 64", lambda v: v >= 64)
 NAME = Accepts("a folder name, without /", lambda v: v not in ("", ".", "..") and "/" not in v)
 
@@ -71,10 +78,10 @@ class TrainConfig:
                                     "(default: the built-in photos)")
     arch: str = option("paper", "network variant", section="§3.5", choices=ARCHS)
     lrn: str | None = option(None, "LRN formula (default: the architecture's own)", section="§3.3", choices=MODES)
-    init: str | None = option(None, f"initialization (default: §5's with {PAPER_CLASSES} classes or more, PyTorch's "
-                                    "default with fewer, on which §5's dies; the architecture's own for owt and "
-                                    "caffenet; centered: PyTorch's in the convolutions, fc6 and fc7 He's with "
-                                    "zero-sum rows, fc8 0)", section="§5", choices=INITS)
+    init: str | None = option(None, f"initialization (default: §5's with {PAPER_CLASSES} classes or more; centered "
+                                    "with fewer, on which §5's dies: PyTorch's in the convolutions, fc6 and fc7 He's "
+                                    "with zero-sum rows, fc8 0; the architecture's own for owt and caffenet)",
+                              section="§5", choices=INITS)
     dropout: float = option(0.5, "dropout probability on fc6 and fc7", section="§4.2", accepts=FRACTION)
     width: float = option(1.0, "kernels and units of every hidden layer, as a fraction of the architecture's "
                                "(every one but owt)", section="§3.5", choices=WIDTHS)
@@ -99,9 +106,12 @@ class TrainConfig:
     max_drops: int = option(3, "plateau: at most this many drops", section="§5", accepts=SIZE)
     step_size: int = option(30, "step: epochs between drops", accepts=COUNT)
     warmup_epochs: float = option(0.0, "linear warm-up, in epochs", accepts=AMOUNT)
-    order: str = option("shuffled", "each epoch's order of the training images: shuffled (a plain permutation) or "
-                                    "stratified (shuffled with each class spread evenly over the epoch, so that "
-                                    "every batch holds each class in its share)", choices=ORDERS)
+    clip: float | None = option(None, "the longest gradient a step takes: a longer one is scaled down to this norm "
+                                      f"(0: never; default: never with {PAPER_CLASSES} classes or more, as in §5; "
+                                      f"{CLIP:g} with fewer)", accepts=AMOUNT)
+    order: str = option("stratified", "each epoch's order of the training images: stratified (shuffled with each "
+                                      "class spread evenly over the epoch, so that every batch holds each class in "
+                                      "its share) or shuffled (a plain permutation)", choices=ORDERS)
     crop: int = option(224, "training crop size (224 or 227; smaller for the paper's layout on smaller images: "
                             "64, 67, 96, 99, ...)", section="§4.1", accepts=CROP)
     parallel: str | None = option(None, "how torchrun's processes share the work: data (default): a whole network "
@@ -294,8 +304,9 @@ class RunFolder:
 
 
 def saved_config(state: dict) -> TrainConfig:
-    """The configuration a checkpoint was trained with."""
-    return TrainConfig(**{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__})
+    """The configuration a checkpoint was trained with (BEFORE for an option it predates)."""
+    saved = {k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{**BEFORE, **saved})
 
 
 def _resolve(cfg: TrainConfig, world: int, local_rank: int) -> tuple[TrainConfig, dict | None, Path]:
@@ -366,7 +377,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Data, run_path: Path, rank: int = 0, world: int = 1,
                  local_rank: int = 0, started: float | None = None, pair: Pair | None = None):
         init, self.init_reason = (cfg.init, "as asked") if cfg.init else default_init(cfg.arch, len(data.classes))
-        self.cfg = cfg = dataclasses.replace(fill_defaults(cfg), init=init)
+        clip, self.clip_reason = ((cfg.clip, "as asked") if cfg.clip is not None else
+                                  (0.0, "") if len(data.classes) >= PAPER_CLASSES else
+                                  (CLIP, f"below {PAPER_CLASSES} classes; --clip 0 for §5's steps"))
+        self.cfg = cfg = dataclasses.replace(fill_defaults(cfg), init=init, clip=clip)
         self.data, self.run_path, self.rank, self.world, self.pair = data, run_path, rank, world, pair
         self.reduce = pair.sum if pair else _sum
         self.device = choose_device(cfg.device)
@@ -427,7 +441,7 @@ class Trainer:
         """Continue from a checkpoint: weights, optimizer, schedule state, random state, position in the epoch."""
         if state["classes"] != self.data.classes:
             raise InputError(f"{state['path']} was trained on other classes than {self.data.description}")
-        self.init_reason = "the run's own"  # not a choice of this command's
+        self.init_reason = self.clip_reason = "the run's own"  # not a choice of this command's
         if self.pair:
             self.model.load_whole_state(self.optimizer, state["model"], state["optimizer"])
         else:
@@ -521,7 +535,9 @@ class Trainer:
             layout = f" in {count(self.pair.pairs, 'pair')} of towers" if self.pair else ""
             print(f"training {cfg.arch!r} on {data.description}: {len(data.train.source)} training and "
                   f"{len(data.val.source)} validation images, {len(data.classes)} classes; "
-                  f"initialization {cfg.init} ({self.init_reason}); {self.device.type}, {self.precision} "
+                  f"initialization {cfg.init} ({self.init_reason}); "
+                  + (f"gradients clipped at norm {cfg.clip:g} ({self.clip_reason}); " if cfg.clip else "")
+                  + f"{self.device.type}, {self.precision} "
                   f"({self.precision_reason}), {count(self.world, 'process')}{layout}; "
                   f"run folder {self.run_path}", flush=True)
         self.last_save = time.monotonic()
@@ -594,6 +610,9 @@ class Trainer:
                 loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if cfg.clip:
+                self.scaler.unscale_(self.optimizer)
+                self._clip()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             unread[0] += len(labels)
@@ -616,6 +635,16 @@ class Trainer:
                 break
         bar.close()
         return lr
+
+    def _clip(self) -> None:
+        """Scale the gradient down to norm --clip where it is longer (CLIP); a pair's is the whole network's norm."""
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        if self.pair:  # each of the two holds its own rows of every layer
+            square = norm.square()
+            dist.all_reduce(square, group=self.pair.group)
+            norm = square.sqrt()
+        torch.nn.utils.clip_grads_with_norm_(parameters, self.cfg.clip, norm)
 
     def _kept(self) -> str:
         """What a stopped run leaves to go back to, in words."""

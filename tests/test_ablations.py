@@ -81,7 +81,7 @@ class PaperDropout(torch.nn.Module):
 
 def test_paper_dropout_is_pytorchs_with_the_next_layers_weights_scaled():
     torch.manual_seed(0)
-    ours = build_model("paper", 10, width=0.125, crop=67)  # PyTorch's inverted dropout
+    ours = build_model("paper", 10, init="torchvision", width=0.125, crop=67)  # PyTorch's inverted dropout
     paper = copy.deepcopy(ours)
     paper.dropout = PaperDropout(0.5)
     with torch.no_grad():  # the layers after a dropout see inputs half as large: their weights twice as large

@@ -143,8 +143,9 @@ def towers(cfg: TrainConfig, losses: Path) -> None:
 def test_a_pair_trains_as_one_process_step_by_step_and_either_resumes_the_other(store, tmp_path, monkeypatch):
     # 3 steps of 32 (the epoch, and its validation), dropout on
     monkeypatch.setattr(alexnet.train.Trainer, "_read", recording(tmp_path / "one.json"))
-    train(config(store, tmp_path, name="one"))
-    towers(config(store, tmp_path, name="towers", parallel="towers"), tmp_path / "towers.json")
+    # every step clipped (the gradient is longer than 0.5): a pair scales by the whole network's norm
+    train(config(store, tmp_path, name="one", clip=0.5))
+    towers(config(store, tmp_path, name="towers", parallel="towers", clip=0.5), tmp_path / "towers.json")
     one, pair = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "towers"))
     assert len(pair) == 3 and len(set(one)) == 3  # the steps differ: the comparison is not of one number
     assert pair == pytest.approx(one, rel=1e-5)
@@ -152,7 +153,7 @@ def test_a_pair_trains_as_one_process_step_by_step_and_either_resumes_the_other(
     a, b = (checkpoint.load(tmp_path / name / "last.pt") for name in ("one", "towers"))
     assert list(a["model"]) == list(b["model"]) and b["config"]["parallel"] == "towers"
     torch.manual_seed(0)  # the runs' initial weights: the trainer seeds, then builds
-    init = build_model("paper", 4, init="torchvision", width=0.25).state_dict()
+    init = build_model("paper", 4, init="centered", width=0.25).state_dict()
     for name, value in a["model"].items():
         moved = value - init[name]
         assert 0 < moved.abs().max() < 5e-3, name  # those are the initial weights: three steps move them little
