@@ -148,9 +148,12 @@ class StudyConfig:
         """The Trainer's configuration of one variant and seed; its run folder is named by its settings."""
         scale = dict(SCALES["full" if self.full else "cpu"])
         scale.update({k: getattr(self, k) for k in scale if getattr(self, k) is not None})
+        # the recipe the documented results were measured with: at the CPU scale PyTorch's initialization, and
+        # at either a plain shuffle without clipping (alexnet train's defaults before 2026-12-07)
         cfg = TrainConfig(data=self.data, schedule="cosine", batch_size=self.batch_size, lr=self.lr, seed=seed,
                           device=self.device, precision=self.precision, progress=self.progress, save_every=0,
-                          out=self.runs, **scale, **dict(variant.changes))
+                          out=self.runs, init=None if self.full else "torchvision", order="shuffled", clip=0.0,
+                          **scale, **dict(variant.changes))
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "name", "progress")}
         settings["data"] = str(Path(self.data).expanduser().resolve())
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

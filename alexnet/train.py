@@ -663,10 +663,11 @@ class Trainer:
             raise DivergedError(f"the loss became {loss} at epoch {self.epoch + 1}, {where}; {self._kept()} "
                                 "(try a lower --lr)")
         if self.guard.dead(loss / images, loss_range, alive, steps):
+            hint = "a lower --lr" if self.cfg.init == "centered" else "--init centered, or a lower --lr"
             raise DivergedError(f"the network died: for {self.guard.flat} steps up to epoch {self.epoch + 1}, "
                                 f"step {self.step}, fewer than {DeadGuard.ALIVE:.0%} of fc7's units fired and the mean "
                                 f"loss was no lower than a constant guess's (ln {len(self.data.classes)} = "
-                                f"{self.guard.chance:.3f}); {self._kept()} (try --init centered, or a lower --lr)")
+                                f"{self.guard.chance:.3f}); {self._kept()} (try {hint})")
         self.sums = [self.sums[0] + images, self.sums[1] + loss, self.sums[2] + wrong]
         return loss / images
 
