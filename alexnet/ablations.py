@@ -148,8 +148,8 @@ class StudyConfig:
         """The Trainer's configuration of one variant and seed; its run folder is named by its settings."""
         scale = dict(SCALES["full" if self.full else "cpu"])
         scale.update({k: getattr(self, k) for k in scale if getattr(self, k) is not None})
-        # the recipe the documented results were measured with: at the CPU scale PyTorch's initialization, and
-        # at either a plain shuffle without clipping (alexnet train's defaults before 2026-12-07)
+        # the recipe the documented results were measured with (alexnet train's defaults before 2026-12-07):
+        # PyTorch's initialization at the CPU scale, and at both scales a plain shuffle without clipping
         cfg = TrainConfig(data=self.data, schedule="cosine", batch_size=self.batch_size, lr=self.lr, seed=seed,
                           device=self.device, precision=self.precision, progress=self.progress, save_every=0,
                           out=self.runs, init=None if self.full else "torchvision", order="shuffled", clip=0.0,

@@ -151,6 +151,13 @@ def fill_defaults(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, epochs=cfg.epochs or PAPER_EPOCHS, schedule=schedule)
 
 
+def default_clip(classes: int) -> tuple[float, str]:
+    """The gradient norm a run clips at when --clip is not given (0: none), and why (CLIP)."""
+    if classes >= PAPER_CLASSES:
+        return 0.0, "§5's"
+    return CLIP, f"below {PAPER_CLASSES} classes; --clip 0 for §5's steps"
+
+
 class DivergedError(RuntimeError):
     """Training failed and stopped itself: the loss became NaN or infinite, or the network died."""
 
@@ -377,9 +384,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Data, run_path: Path, rank: int = 0, world: int = 1,
                  local_rank: int = 0, started: float | None = None, pair: Pair | None = None):
         init, self.init_reason = (cfg.init, "as asked") if cfg.init else default_init(cfg.arch, len(data.classes))
-        clip, self.clip_reason = ((cfg.clip, "as asked") if cfg.clip is not None else
-                                  (0.0, "") if len(data.classes) >= PAPER_CLASSES else
-                                  (CLIP, f"below {PAPER_CLASSES} classes; --clip 0 for §5's steps"))
+        clip, self.clip_reason = (cfg.clip, "as asked") if cfg.clip is not None else default_clip(len(data.classes))
         self.cfg = cfg = dataclasses.replace(fill_defaults(cfg), init=init, clip=clip)
         self.data, self.run_path, self.rank, self.world, self.pair = data, run_path, rank, world, pair
         self.reduce = pair.sum if pair else _sum

@@ -208,7 +208,9 @@ def test_few_classes_get_the_clip_and_a_run_from_before_the_options_resumes_as_i
     state = checkpoint.load(run_dir / "last.pt")
     for name in ("clip", "order"):  # a checkpoint saved before these options existed
         del state["config"][name]
-    assert (alexnet.train.saved_config(state).clip, alexnet.train.saved_config(state).order) == (0.0, "shuffled")
+    old = alexnet.train.saved_config(state)
+    assert (old.clip, old.order) == (0.0, "shuffled")
+    assert [alexnet.train.default_clip(n)[0] for n in (2, 999, 1000, 21841)] == [5.0, 5.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize(("option", "value", "accepts"), [
