@@ -125,12 +125,12 @@ def _features(args: argparse.Namespace) -> None:
 def _neighbors(args: argparse.Namespace) -> None:
     import json
 
-    from .figures import plot_neighbours
-    from .neighbours import find_neighbours
+    from .figures import plot_neighbors
+    from .neighbors import find_neighbors
 
-    found = find_neighbours(args.checkpoint, args.queries, args.features, args.k, args.chunk, args.device)
+    found = find_neighbors(args.checkpoint, args.queries, args.features, args.k, args.chunk, args.device)
     if args.out:
-        plot_neighbours(found, args.out)
+        plot_neighbors(found, args.out)
     records = found.records()
     if args.json:
         print(json.dumps(records))
@@ -325,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="the checkpoint the features were made with")
     p.add_argument("queries", nargs="+", help="query image files")
     p.add_argument("--features", required=True, help="a folder made by `alexnet features`")
-    p.add_argument("--k", type=count, default=6, help="neighbours per query")
+    p.add_argument("--k", type=count, default=6, help="neighbors per query")
     p.add_argument("--out", type=png, default=None, help="PNG file to draw the grid to (default: no picture)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--chunk", type=count, default=16384, help="stored features per matrix product (16 KiB each)")

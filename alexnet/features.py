@@ -1,5 +1,5 @@
 """The fc7 features of a whole split (§6.1: the 4096-d activations of the last hidden layer, after its ReLU,
-describe an image for the nearest-neighbour search of Figure 4), in a folder that survives interruptions.
+describe an image for the nearest-neighbor search of Figure 4), in a folder that survives interruptions.
 
 A features folder, made by `extract_features` (`alexnet features`):
 

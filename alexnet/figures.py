@@ -1,5 +1,5 @@
 """The paper's figures (§6.1): the first-layer kernels (Figure 3), top-5 predictions (Figure 4, left) and
-nearest neighbours in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py); and a run's curves."""
+nearest neighbors in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py); and a run's curves."""
 
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from .errors import InputError
 from .evaluate import Predictions
 from .files import atomic_write
 from .inference import load_network
-from .neighbours import Neighbours
+from .neighbors import Neighbors
 
 BAR = "#9ecae1"  # a predicted class
 CORRECT = "#e6550d"  # the image's own class (Figure 4 draws it red)
@@ -117,16 +117,16 @@ def plot_predictions(pred: Predictions, out: str | Path, columns: int = 4) -> Pa
 # -------------------------------------------------------------------------------------- Figure 4, right
 
 
-def neighbours_grid(queries: int, k: int, crop: int) -> Grid:
-    """The layout of Figure 4 (right): one row per query, the query then its k neighbours, each captioned."""
+def neighbors_grid(queries: int, k: int, crop: int) -> Grid:
+    """The layout of Figure 4 (right): one row per query, the query then its k neighbors, each captioned."""
     return Grid(queries, 1 + k, (crop, crop), gap=6, below=CAPTION, header=2 * LINE)
 
 
-def plot_neighbours(found: Neighbours, out: str | Path) -> Path:
+def plot_neighbors(found: Neighbors, out: str | Path) -> Path:
     """Figure 4 (right): each query's centre crop, then its nearest images by fc7 distance (§6.1)."""
     f = found.features
     crop = f.meta["crop"]
-    grid = neighbours_grid(len(found.queries), found.rows.shape[1], crop)
+    grid = neighbors_grid(len(found.queries), found.rows.shape[1], crop)
     canvas = Canvas(*grid.size)
     canvas.text(grid.margin, grid.margin, f"nearest {f.meta['split']} images by fc7 distance, from {shown(f.path)} "
                 f"({len(f)} images)", size=9)

@@ -1,4 +1,4 @@
-"""Checkpoints made ready to run: the one set-up that eval, predict, features, neighbours, a run's final
+"""Checkpoints made ready to run: the one set-up that eval, predict, features, neighbors, a run's final
 evaluation, export and serving share (the network on its device, in eval mode and channels-last memory,
 with the statistics its inputs are normalized with and the precision it computes in)."""
 

@@ -2,7 +2,7 @@
 
     b[i] = a[i] / (k + alpha * sum_{j = i - n/2}^{i + n/2} a[j]^2) ^ beta
 
-with n = 5, alpha = 1e-4, beta = 0.75. Implementations disagree on two constants (SPEC §1.2), so each
+with n = 5, alpha = 1e-4, beta = 0.75. Implementations disagree on two constants (docs/paper.md#lrn), so each
 reading is a named formula. In the two-tower network each tower normalizes its own channels: the
 window never crosses the tower boundary.
 """

@@ -94,7 +94,7 @@ class AlexNet(nn.Module):
         return {name: getattr(self, name) for name in LAYERS if name != self.removed}
 
     def remove_layer(self, name: str) -> None:
-        """§7: take out one middle convolutional layer; its neighbours keep their initial weights, cut to fit.
+        """§7: take out one middle convolutional layer; its neighbors keep their initial weights, cut to fit.
 
         Without conv3, conv4 sees conv2's maps (the first of its input weights per tower); without conv5,
         conv4 makes as many maps as conv5 did (the first of its kernels per tower), so fc6 is unchanged;
@@ -131,12 +131,12 @@ def conv5_maps(side: int) -> int:
 
 
 def input_side(crop: int) -> int:
-    """The input side a crop is padded to: 227 for 224 (SPEC §1.1), 67 for 64; other crops as they are."""
+    """The side a crop is padded to: 227 for 224 (docs/paper.md#input-size), 67 for 64, others as they are."""
     return crop + 3 if (crop - 8) % 4 == 0 else crop
 
 
 def paper_input(x: torch.Tensor, side: int = 227) -> torch.Tensor:
-    """Check the input; pad 224×224 right and bottom by 3, as cuda-convnet's rounding does (SPEC §1.1)."""
+    """Check the input; pad 224×224 right and bottom by 3, as cuda-convnet rounds (docs/paper.md#input-size)."""
     if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) not in ((side - 3, side - 3), (side, side)):
         raise InputError(f"AlexNet expects images of shape (N, 3, {side}, {side}) or (N, 3, {side - 3}, {side - 3}), "
                          f"got {tuple(x.shape)}")
@@ -158,7 +158,7 @@ class OWTAlexNet(nn.Module):
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        # Dropout before fc6 and fc7, where the paper puts it after (SPEC §1.4).
+        # Dropout before fc6 and fc7, where the paper puts it after (docs/paper.md#dropout).
         self.classifier = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),

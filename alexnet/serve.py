@@ -43,7 +43,7 @@ from .errors import InputError
 from .evaluate import probabilities, top5, top5_records
 from .features import Features, fc7
 from .inference import Network, load_network
-from .neighbours import nearest, neighbour_records, open_features
+from .neighbors import nearest, neighbor_records, open_features
 
 MAX_BYTES = 20 * 2**20  # the largest request body: 20 MiB
 FIELD = "image"  # the multipart field of the photo
@@ -57,7 +57,7 @@ class Job:
 
     pixels: np.ndarray  # uint8 (256, 256, 3), after the preprocessing of §2
     crops: int  # 1 or 10
-    k: int  # neighbours, with a features folder
+    k: int  # neighbors, with a features folder
 
 
 class Predictor:
@@ -82,7 +82,7 @@ class Predictor:
                                       skip=f.bad)
             for answer, job, d, r in zip(answers, jobs, distances, rows, strict=True):
                 answer["neighbors"] = [{**n, "image": f"/neighbors/{n['row']}"}
-                                       for n in neighbour_records(f, d[:job.k], r[:job.k])]
+                                       for n in neighbor_records(f, d[:job.k], r[:job.k])]
         return answers
 
     def thumbnail(self, row: int) -> bytes | None:
@@ -209,7 +209,7 @@ def make_app(predictor: Predictor, max_batch: int = 16, max_wait: float = 0.005,
     async def predict(request: Request, crops: Annotated[int, Query(
                           description="10: average over the ten patches of §4.1; 1: the centre patch",
                           json_schema_extra={"enum": [1, 10]})] = 10,
-                      k: Annotated[int, Query(ge=1, le=100, description="neighbours (with a features folder)")] = 6
+                      k: Annotated[int, Query(ge=1, le=100, description="neighbors (with a features folder)")] = 6
                       ) -> dict:
         if crops not in (1, 10):
             raise HTTPException(422, f"crops: 1 (the centre patch) or 10 (the ten patches), not {crops}")
@@ -226,7 +226,7 @@ def make_app(predictor: Predictor, max_batch: int = 16, max_wait: float = 0.005,
 
     @app.get("/neighbors/{row}", summary="The centre crop of a row of the features folder, as JPEG",
              response_class=Response, responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "none"}})
-    async def neighbour(row: int) -> Response:
+    async def neighbor(row: int) -> Response:
         jpeg = await run_in_threadpool(predictor.thumbnail, row)
         if jpeg is None:
             raise HTTPException(404, f"no readable image at row {row} of the features folder")

@@ -1,4 +1,4 @@
-"""The layer table of a model: output shape, parameters and multiply-adds of every layer (SPEC §1)."""
+"""The layer table of a model: output shape, parameters and multiply-adds of every layer (docs/paper.md#the-layers)."""
 
 from typing import NamedTuple
 

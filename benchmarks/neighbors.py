@@ -1,4 +1,4 @@
-"""Exact nearest-neighbour search over stored fc7 features: `alexnet.neighbours.nearest` (a memory map read in
+"""Exact nearest-neighbor search over stored fc7 features: `alexnet.neighbors.nearest` (a memory map read in
 chunks, one matrix product per chunk, a running top-k) next to brute force, torch.cdist + topk on all
 features held in memory, in the same run.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.neighbours import CHUNK_ROWS, nearest
+from alexnet.neighbors import CHUNK_ROWS, nearest
 
 DIM = 4096
 
@@ -75,7 +75,7 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="numbers of stored features")
     parser.add_argument("--queries", default="1,64", help="numbers of queries per search")
-    parser.add_argument("--k", type=int, default=6, help="neighbours per query")
+    parser.add_argument("--k", type=int, default=6, help="neighbors per query")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to write the synthetic features")
     parser.add_argument("--cdist-limit", type=float, default=4.0, help="GiB of features brute force may hold")
     args = parser.parse_args()

@@ -21,7 +21,7 @@ from alexnet.draw import LINE, shown
 from alexnet.features import Features, extract_features
 from alexnet.figures import BARS, CAPTION
 from alexnet.inference import load_network
-from alexnet.neighbours import nearest
+from alexnet.neighbors import nearest
 from alexnet.train import TrainConfig, Trainer, open_data
 
 RED = (230, 85, 13)  # figures.CORRECT, #e6550d
@@ -209,7 +209,7 @@ def test_neighbors_command_matches_brute_force_and_draws_the_grid(photos, store,
         assert np.allclose([n["distance"] for n in record["neighbors"]], want_d[q], rtol=1e-9)
         assert [n["file"] for n in record["neighbors"]] == [stored.files[i] for i in want_i[q]]
         assert [n["label"] for n in record["neighbors"]] == stored.labels[want_i[q]].tolist()
-    # the grid: a row per query, the query then its 3 neighbours, each tile its centre crop
+    # the grid: a row per query, the query then its 3 neighbors, each tile its centre crop
     image = png(out)
     assert image.shape == (8 + 2 * LINE + 2 * (224 + CAPTION) + 6 + 8, 8 + 4 * 224 + 3 * 6 + 8, 3)
     split = Store(store).split("train")
@@ -220,7 +220,7 @@ def test_neighbors_command_matches_brute_force_and_draws_the_grid(photos, store,
             left = 8 + n * (224 + 6)
             tile = split.read(np.array([row]))[0, 16:240, 16:240]
             assert np.array_equal(image[top:top + 224, left:left + 224], tile)
-    # text output; a query that is one of the stored images is not its own neighbour
+    # text output; a query that is one of the stored images is not its own neighbor
     own = stored.files[5]
     result = cli("neighbors", str(ckpts["paper"]), own, "--features", str(features), "--k", "40")
     assert result.returncode == 0, result.stderr

@@ -29,7 +29,7 @@ from alexnet.features import extract_features
 from alexnet.inference import load_network
 from alexnet.lrn import FORMULAS
 from alexnet.model import ARCHS, build_model
-from alexnet.neighbours import find_neighbours
+from alexnet.neighbors import find_neighbors
 from alexnet.train import TrainConfig, Trainer, open_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_every_command_that_takes_a_checkpoint_takes_a_weights_file(ckpts, tmp_p
     assert evaluate_checkpoints([sf], None, progress=False, device="cpu", precision="fp32") == evaluate_checkpoints(
         [pt], None, progress=False, device="cpu", precision="fp32")
     features = extract_features(pt, str(store), tmp_path / "features", "val", precision="fp32", progress=False)
-    found = find_neighbours(sf, [str(PHOTO)], features, k=3)  # refused were the weights not the same
+    found = find_neighbors(sf, [str(PHOTO)], features, k=3)  # refused were the weights not the same
     assert len(found.records()[0]["neighbors"]) == 3
 
 

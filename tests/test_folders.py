@@ -29,7 +29,7 @@ IMAGENETTE_NAMES = ["tench", "English springer", "cassette player", "chain saw",
 
 
 def hand_preprocess(im: Image.Image, size: int = 256) -> np.ndarray:
-    """SPEC §3 done the obvious way: resize the whole image so the shorter side is `size`, crop the centre."""
+    """§2 done the obvious way: resize the whole image so the shorter side is `size`, crop the centre."""
     w, h = im.size
     rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     left, top = (rw - size) // 2, (rh - size) // 2

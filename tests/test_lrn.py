@@ -57,7 +57,7 @@ def test_lrn_border_channels_use_a_clipped_window():
 def test_lrn_window_does_not_cross_the_tower_boundary():
     x = torch.zeros(2, 96, 3, 3)
     x[:, 47] = 1.0  # last channel of tower one
-    x[:, 48] = 100.0  # first channel of tower two, a neighbour only if the window crossed
+    x[:, 48] = 100.0  # first channel of tower two, a neighbor only if the window crossed
     crossing, per_tower = LRN("paper", towers=1)(x), LRN("paper", towers=2)(x)
     assert per_tower[0, 47, 0, 0].item() == pytest.approx(1 / (2 + 1e-4) ** 0.75, rel=1e-6)
     assert crossing[0, 47, 0, 0].item() == pytest.approx(1 / (2 + 1e-4 * 10001) ** 0.75, rel=1e-6)

@@ -7,7 +7,7 @@ from alexnet.cli import main
 from alexnet.model import ARCHS, build_model, init_weights
 from alexnet.summary import layer_table
 
-# SPEC §1: (output shape, parameters) of each learned layer of `paper`
+# docs/paper.md#the-layers: (output shape, parameters) of each learned layer of `paper`
 PAPER = {
     "conv1": ((96, 55, 55), 34_944),
     "conv2": ((256, 27, 27), 307_456),

@@ -33,7 +33,7 @@ from alexnet.data.store import prepare
 from alexnet.draw import center
 from alexnet.evaluate import predict
 from alexnet.features import extract_features
-from alexnet.neighbours import find_neighbours, open_features
+from alexnet.neighbors import find_neighbors, open_features
 from alexnet.serve import Job, Predictor, make_app, validation
 from alexnet.train import TrainConfig, Trainer, open_data
 
@@ -93,9 +93,9 @@ def test_predict_answers_as_alexnet_predict_does(client, ckpt, photos):
     assert post(client, photo.read_bytes()).json()["crops"] == 10  # §4.1's ten patches unless told
 
 
-def test_neighbours_are_those_of_alexnet_neighbors_with_their_thumbnails(client, ckpt, photos, predictor):
+def test_neighbors_are_those_of_alexnet_neighbors_with_their_thumbnails(client, ckpt, photos, predictor):
     photo = query(photos)
-    want = find_neighbours(str(ckpt[0]), [str(photo)], ckpt[1], k=3, device="cpu").records()[0]["neighbors"]
+    want = find_neighbors(str(ckpt[0]), [str(photo)], ckpt[1], k=3, device="cpu").records()[0]["neighbors"]
     got = post(client, photo.read_bytes(), k=3, crops=1).json()["neighbors"]
     assert [n["row"] for n in got] == [n["row"] for n in want] and len(got) == 3
     assert np.allclose([n["distance"] for n in got], [n["distance"] for n in want], rtol=1e-4)
@@ -359,7 +359,7 @@ def test_the_real_server_answers_bad_requests_and_serves_the_next(server):
 
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-def test_the_page_in_headless_chromium_shows_the_apis_top1_and_the_neighbours(server, tmp_path):
+def test_the_page_in_headless_chromium_shows_the_apis_top1_and_the_neighbors(server, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -1,4 +1,4 @@
-"""The paper's data augmentation and test-time crops, on whole batches (paper §4.1, SPEC §3).
+"""The paper's data augmentation and test-time crops, on whole batches (§4.1, docs/paper.md#augmentation).
 
 Input everywhere: a batch of preprocessed images, uint8, (B, 256, 256, 3), on the CPU or a GPU.
 Output: float32 (B, 3, crop, crop) in channels-last memory, the mean image subtracted. No Python

@@ -304,7 +304,7 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def preprocess(path: str | Path | BinaryIO, size: int = 256, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode, rescale so the shorter side is `size`, crop the central size×size: uint8 array (size, size, 3).
     `path` may be an open binary file (an upload): its errors name it by its `name` attribute."""
-    # SPEC §3 (paper §2): rescale the shorter side to 256, then crop out the central 256×256 patch.
+    # §2 (docs/paper.md#preprocessing): rescale the shorter side to 256, then crop out the central 256×256 patch.
     im, (w, h) = _decode(Path(path) if isinstance(path, str) else path, max_pixels, draft_side=size)
     rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     left, top = (rw - size) // 2, (rh - size) // 2

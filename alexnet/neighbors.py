@@ -1,4 +1,4 @@
-"""The nearest neighbours of query images in fc7 space (§6.1, Figure 4 right): an exact Euclidean search over
+"""The nearest neighbors of query images in fc7 space (§6.1, Figure 4 right): an exact Euclidean search over
 a features folder of any size, in blocks, so that memory stays small however many features there are."""
 
 import contextlib
@@ -118,7 +118,7 @@ def _exact_rank(features: np.ndarray, queries: torch.Tensor, approx: torch.Tenso
 
 
 @dataclass
-class Neighbours:
+class Neighbors:
     """Query images with the rows of a features folder nearest to each."""
 
     queries: list[str]
@@ -129,16 +129,16 @@ class Neighbours:
     features: Features
 
     def records(self) -> list[dict]:
-        """Each query with its neighbours' files, classes and distances (for JSON)."""
+        """Each query with its neighbors' files, classes and distances (for JSON)."""
         f = self.features
         return [{"query": query, "class": None if truth is None else f.names[truth],
-                 "neighbors": neighbour_records(f, dists, rows)}
+                 "neighbors": neighbor_records(f, dists, rows)}
                 for query, truth, dists, rows in zip(self.queries, self.truth, self.distances, self.rows,
                                                      strict=True)]
 
 
-def neighbour_records(features: Features, distances: np.ndarray, rows: np.ndarray) -> list[dict]:
-    """One query's neighbours, nearest first: rank, file, row, label, class and distance of each (for JSON)."""
+def neighbor_records(features: Features, distances: np.ndarray, rows: np.ndarray) -> list[dict]:
+    """One query's neighbors, nearest first: rank, file, row, label, class and distance of each (for JSON)."""
     f = features
     return [{"rank": rank, "file": f.files[row], "row": int(row), "label": int(f.labels[row]),
              "class": f.names[f.labels[row]], "distance": float(d)}
@@ -156,8 +156,8 @@ def open_features(features: str | Path, path: str, device: str = "auto") -> tupl
     return store, net
 
 
-def find_neighbours(path: str, queries: list[str], features: str | Path, k: int = 6, chunk: int = CHUNK_ROWS,
-                    device: str = "auto") -> Neighbours:
+def find_neighbors(path: str, queries: list[str], features: str | Path, k: int = 6, chunk: int = CHUNK_ROWS,
+                    device: str = "auto") -> Neighbors:
     """`alexnet neighbors`: the k images of a features folder whose fc7 features are nearest (Euclidean) to
     each query image's (§6.1, Figure 4); a query that is itself in the folder is left out of its list."""
     store, net = open_features(features, path, device)
@@ -166,5 +166,5 @@ def find_neighbours(path: str, queries: list[str], features: str | Path, k: int 
     exclude = [where.get(os.path.abspath(q), -1) for q in queries]
     distances, rows = nearest(store.features, fc7(net, torch.from_numpy(pixels), store.meta["crop"]), k, chunk,
                               store.bad, exclude)
-    return Neighbours(list(queries), pixels, [known_class(q, store.meta["classes"]) for q in queries], distances,
+    return Neighbors(list(queries), pixels, [known_class(q, store.meta["classes"]) for q in queries], distances,
                       rows, store)
