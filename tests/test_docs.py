@@ -1,6 +1,6 @@
-"""The documentation agrees with the repository: links and images point at files that exist, every file in
-docs/ is linked from a page, and every `alexnet` command in a code block names a subcommand and options the
-command line has."""
+"""The documentation agrees with the repository: links and images point at files and headings that exist, every
+file in docs/ is linked from a page, every `alexnet` command in a code block or in inline code names a subcommand
+and options the command line has, and the README stays a short guide."""
 
 import argparse
 import re
@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"`([^`\n]+)`")
+HEADING = re.compile(r"^#{1,6} (.+)$", re.M)
+CITATION = re.compile(r"docs/(\w+\.md)#([\w-]+)")  # a code comment's or docstring's link into a page
 SHELL = ("", "bash", "sh", "shell", "console")  # the code blocks whose lines are commands
+README_LIMIT = 15_000  # characters: the README is a guide to the present; detail lives in docs/
 
 
 def links(page: Path) -> list[str]:
@@ -31,23 +35,32 @@ def local(target: str) -> str | None:
     return target.split("#")[0]
 
 
-def commands(page: Path) -> list[list[str]]:
-    """The words of every `alexnet` command in the page's shell code blocks (after `alexnet`, `-m alexnet`
-    or `.venv/bin/alexnet`), up to a comment or the end of the command."""
+def anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors of the page's headings, outside code blocks."""
+    return {anchor(h) for h in HEADING.findall(FENCE.sub("", page.read_text()))}
+
+
+def commands(page: Path, inline: bool = False) -> list[list[str]]:
+    """The words of every `alexnet` command in the page's shell code blocks, and with `inline` in its inline code
+    (after `alexnet`, `-m alexnet` or `.venv/bin/alexnet`), up to a comment or the end of the command."""
+    text = page.read_text()
+    lines = [line for language, block in FENCE.findall(text) if language in SHELL for line in block.splitlines()]
     found = []
-    for language, block in FENCE.findall(page.read_text()):
-        if language not in SHELL:
-            continue
-        for line in block.splitlines():
-            for part in re.split(r"&&|;|\|(?!\|)", line.split(" #")[0]):
-                try:
-                    words = shlex.split(part, comments=True)
-                except ValueError:
-                    continue
-                for i, word in enumerate(words):
-                    if word in ("alexnet", ".venv/bin/alexnet"):
-                        found.append(words[i + 1:])
-                        break
+    for line in lines + (INLINE.findall(FENCE.sub("", text)) if inline else []):
+        for part in re.split(r"&&|;|\|(?!\|)", line.split(" #")[0]):
+            try:
+                words = shlex.split(part, comments=True)
+            except ValueError:
+                continue
+            for i, word in enumerate(words):
+                if word in ("alexnet", ".venv/bin/alexnet"):
+                    found.append(words[i + 1:])
+                    break
     return [w for w in found if w]
 
 
@@ -57,14 +70,23 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def missing_targets(page: Path) -> list[str]:
-    """The page's links and images whose file does not exist."""
-    return [t for t in links(page) if local(t) and not (page.parent / local(t)).exists()]
+    """The page's links and images whose file does not exist, or whose page has no heading of that anchor."""
+    missing = []
+    for target in links(page):
+        if re.match(r"[a-z]+:", target):  # a web or mail address
+            continue
+        path, _, name = target.partition("#")
+        file = page.parent / path if path else page
+        if not file.exists() or (name and file.suffix == ".md" and name not in anchors(file)):
+            missing.append(target)
+    return missing
 
 
-def unknown_commands(page: Path) -> list[str]:
-    """The page's `alexnet` commands that name a subcommand or an option the command line does not have."""
+def unknown_commands(page: Path, inline: bool = False) -> list[str]:
+    """The page's `alexnet` commands (see `commands`) that name a subcommand or an option the command line does
+    not have."""
     top, wrong = subcommands(_parser()), []
-    for words in commands(page):
+    for words in commands(page, inline):
         parser, rest = top.get(words[0]), words[1:]
         if parser is not None and subcommands(parser) and rest and not rest[0].startswith("-"):
             parser, rest = subcommands(parser).get(rest[0]), rest[1:]
@@ -79,14 +101,30 @@ def test_every_link_and_image_points_at_a_file(page):
     assert missing_targets(page) == []
 
 
+def test_the_readme_stays_a_short_guide():
+    assert len((ROOT / "README.md").read_text()) < README_LIMIT
+
+
+def unknown_citations(source: str) -> list[str]:
+    """The links into docs/ pages in a source file whose page or heading does not exist."""
+    docs = ROOT / "docs"
+    return [f"{page}#{name}" for page, name in CITATION.findall(source)
+            if not (docs / page).exists() or name not in anchors(docs / page)]
+
+
+def test_every_citation_in_the_code_points_at_a_heading():
+    sources = [*sorted((ROOT / "alexnet").rglob("*.py")), *sorted((ROOT / "tests").glob("*.py")), ROOT / "hubconf.py"]
+    assert [c for f in sources if f.name != Path(__file__).name for c in unknown_citations(f.read_text())] == []
+
+
 def test_every_file_in_docs_is_linked_from_a_page():
     linked = {(page.parent / local(t)).resolve() for page in PAGES for t in links(page) if local(t)}
     assert [f.name for f in sorted((ROOT / "docs").iterdir()) if f.resolve() not in linked] == []
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_commands_in_code_blocks_exist(page):
-    assert unknown_commands(page) == []
+def test_commands_shown_exist(page):
+    assert unknown_commands(page, inline=page.name == "README.md") == []
 
 
 def unlisted_modules(layout: str, package: Path) -> list[str]:
@@ -106,18 +144,26 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "x.png").write_bytes(b"")
     page = tmp_path / "page.md"
-    page.write_text("![a](docs/x.png) [b](https://example.org) [c](#here) [e](docs/y.png#top)\n```bash\n"
+    page.write_text("## Here, §2\n![a](docs/x.png) [b](https://example.org) [c](#here-2) [e](docs/y.png#top)\n"
+                    "[f](#there) [g](docs/z.md#a-heading) [h](docs/z.md#no-heading)\n```bash\n"
                     "alexnet train --data S --epochs 2  # a comment --nothing\n"
                     "torchrun --nproc_per_node 2 -m alexnet eval R --crops 10 && alexnet predict R a.jpg --fast\n"
                     "alexnet experiment lrn --data D --epoch 3\n.venv/bin/alexnet trian\n"
-                    "```\n```python\nfrom alexnet import build_model\n```\n[d](`not a link`)\n")
-    assert links(page) == ["docs/x.png", "https://example.org", "#here", "docs/y.png#top"]
-    assert [local(t) for t in links(page)] == ["docs/x.png", None, None, "docs/y.png"]
-    assert missing_targets(page) == ["docs/y.png#top"]
-    assert commands(page) == [["train", "--data", "S", "--epochs", "2"], ["eval", "R", "--crops", "10"],
-                              ["predict", "R", "a.jpg", "--fast"], ["experiment", "lrn", "--data", "D", "--epoch", "3"],
-                              ["trian"]]
-    assert unknown_commands(page) == ["predict R a.jpg --fast", "experiment lrn --data D --epoch 3", "trian"]
+                    "```\n```python\nfrom alexnet import build_model\n```\n[d](`not a link`)\n"
+                    "Run `alexnet eval CKPT --crop 10`, `torchrun -m alexnet train --minutes 5` or `alexnet()`.\n")
+    (tmp_path / "docs" / "z.md").write_text("# A heading\n```\n# no heading\n```\n")
+    assert links(page) == ["docs/x.png", "https://example.org", "#here-2", "docs/y.png#top", "#there",
+                           "docs/z.md#a-heading", "docs/z.md#no-heading"]
+    assert [local(t) for t in links(page)] == ["docs/x.png", None, None, "docs/y.png", None, "docs/z.md", "docs/z.md"]
+    assert missing_targets(page) == ["docs/y.png#top", "#there", "docs/z.md#no-heading"]
+    blocks = [["train", "--data", "S", "--epochs", "2"], ["eval", "R", "--crops", "10"], ["predict", "R", "a.jpg",
+              "--fast"], ["experiment", "lrn", "--data", "D", "--epoch", "3"], ["trian"]]
+    assert commands(page) == blocks
+    assert commands(page, inline=True) == [*blocks, ["eval", "CKPT", "--crop", "10"], ["train", "--minutes", "5"]]
+    wrong = ["predict R a.jpg --fast", "experiment lrn --data D --epoch 3", "trian"]
+    assert unknown_commands(page) == wrong
+    assert unknown_commands(page, inline=True) == [*wrong, "eval CKPT --crop 10"]
+    assert unknown_citations("see docs/paper.md#lrn and docs/paper.md#no-such-heading") == ["paper.md#no-such-heading"]
     (tmp_path / "pkg" / "csrc").mkdir(parents=True)
     for name in ("__init__.py", "a.py", "csrc/b.cpp", "csrc/c.cpp"):
         (tmp_path / "pkg" / name).write_text("")
