@@ -35,15 +35,16 @@ FORMULAS = {
 MODES = (*FORMULAS, "none")
 
 
-def local_response_norm(x: torch.Tensor, alpha: float, k: float, towers: int = 1) -> torch.Tensor:
+def local_response_norm(x: torch.Tensor, alpha: float, k: float, towers: int = 1, size: int = SIZE,
+                        beta: float = BETA) -> torch.Tensor:
     """The formula in plain PyTorch ops, in float32 or wider: any device, any dtype, autograd for free."""
     n, c, h, w = x.shape
     a = x.double() if x.dtype == torch.float64 else x.float()
     squares = a.square().reshape(n * towers, 1, c // towers, h * w)
-    # Zero-padded window of SIZE channels; avg_pool counts the padding, so avg * SIZE is the sum.
-    window = F.avg_pool2d(squares, (SIZE, 1), stride=1, padding=(SIZE // 2, 0)) * SIZE
+    # Zero-padded window of `size` (odd) channels; avg_pool counts the padding, so avg * size is the sum.
+    window = F.avg_pool2d(squares, (size, 1), stride=1, padding=(size // 2, 0)) * size
     d = (k + alpha * window).reshape(n, c, h, w)
-    return (a * d.pow(-BETA)).to(x.dtype)
+    return (a * d.pow(-beta)).to(x.dtype)
 
 
 def cpu_kernel() -> ModuleType | None:
@@ -62,19 +63,20 @@ def _unrows(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 class _KernelLRN(torch.autograd.Function):
+    """The fused kernel: apply(x, alpha, beta, k, size, towers, relu), the constants as the formula's."""
+
     @staticmethod
-    def forward(ctx, x, alpha, k, towers, relu):
+    def forward(ctx, x, alpha, beta, k, size, towers, relu):
         rows = _rows(x)
         ctx.save_for_backward(rows)
-        ctx.constants = alpha, k, towers, relu
-        return _unrows(cpu_kernel().lrn_forward(rows, alpha, k, towers, relu), x.shape)
+        ctx.constants = alpha, beta, k, size, towers, relu
+        return _unrows(cpu_kernel().lrn_forward(rows, *ctx.constants), x.shape)
 
     @staticmethod
     def backward(ctx, grad):
         (rows,) = ctx.saved_tensors
-        alpha, k, towers, relu = ctx.constants
-        grad_rows = cpu_kernel().lrn_backward(rows, _rows(grad), alpha, BETA, k, towers, relu)
-        return _unrows(grad_rows, grad.shape), None, None, None, None
+        grad_rows = cpu_kernel().lrn_backward(rows, _rows(grad), *ctx.constants)
+        return _unrows(grad_rows, grad.shape), *(None,) * len(ctx.constants)
 
 
 class LRN(nn.Module):
@@ -96,8 +98,8 @@ class LRN(nn.Module):
         alpha, k = FORMULAS[self.mode]
         if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.compiler.is_exporting()
                 and cpu_kernel() is not None):  # torch.export (and ONNX through it) sees the formula's plain ops
-            return _KernelLRN.apply(x, alpha, k, self.towers, self.relu)
-        return local_response_norm(F.relu(x) if self.relu else x, alpha, k, self.towers)
+            return _KernelLRN.apply(x, alpha, BETA, k, SIZE, self.towers, self.relu)
+        return local_response_norm(F.relu(x) if self.relu else x, alpha, k, self.towers, SIZE, BETA)
 
     def extra_repr(self) -> str:
         text = repr(self.mode)

@@ -3,17 +3,21 @@ import torch
 
 from alexnet.lrn import BETA, FORMULAS, LRN, SIZE, _KernelLRN, cpu_kernel, local_response_norm
 
+# the window's size and beta: the paper's, and two others that every implementation must take as given
+SIZES_AND_BETAS = [(SIZE, BETA), (3, 0.5), (7, 1.0)]
 
-def lrn_loop(x: torch.Tensor, alpha: float, k: float, towers: int) -> torch.Tensor:
+
+def lrn_loop(x: torch.Tensor, alpha: float, k: float, towers: int, size: int = SIZE,
+             beta: float = BETA) -> torch.Tensor:
     """§3.3 written out channel by channel, in float64, window clipped to the tower."""
     x = x.double()
     out = torch.empty_like(x)
     per_tower = x.shape[1] // towers
     for i in range(x.shape[1]):
         first, last = (i // per_tower) * per_tower, (i // per_tower + 1) * per_tower - 1
-        lo, hi = max(first, i - SIZE // 2), min(last, i + SIZE // 2)
+        lo, hi = max(first, i - size // 2), min(last, i + size // 2)
         total = sum(x[:, j] ** 2 for j in range(lo, hi + 1))
-        out[:, i] = x[:, i] / (k + alpha * total) ** BETA
+        out[:, i] = x[:, i] / (k + alpha * total) ** beta
     return out
 
 
@@ -34,6 +38,17 @@ def test_lrn_formula_matches_loop(mode, towers):
     assert (local_response_norm(x, alpha, k, towers) - expected).abs().max() <= 1e-6
     assert (LRN(mode, towers)(x) - expected).abs().max() <= 1e-6
     assert (LRN(mode, towers)(x.contiguous(memory_format=torch.channels_last)) - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("size,beta", SIZES_AND_BETAS)
+@pytest.mark.parametrize("towers", [1, 2])
+def test_lrn_formula_takes_the_size_and_beta_it_is_given(size, beta, towers):
+    x = sample(channels=24)
+    alpha, k = 0.01, 2.0  # a large alpha, so that every channel of the window counts
+    expected = lrn_loop(x, alpha, k, towers, size, beta)
+    assert (local_response_norm(x.double(), alpha, k, towers, size, beta) - expected).abs().max() <= 1e-12
+    if (size, beta) != (SIZE, BETA):
+        assert (lrn_loop(x, alpha, k, towers) - expected).abs().max() > 1e-2  # the pair changes the result
 
 
 def test_lrn_formulas_differ_as_specified():
@@ -91,9 +106,10 @@ def test_lrn_with_fused_relu_equals_relu_then_lrn(dtype):
     assert (fused_in.grad[z <= 0] == 0).all()
 
 
-def test_lrn_formula_passes_gradcheck():
+@pytest.mark.parametrize("size,beta", SIZES_AND_BETAS)
+def test_lrn_formula_passes_gradcheck(size, beta):
     x = sample(channels=10).double()[:1, :, :2, :2].requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 1e-3, 2.0, towers=2), (x,))
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 1e-3, 2.0, 2, size, beta), (x,))
 
 
 @pytest.mark.parametrize("mode", list(FORMULAS))
@@ -128,22 +144,24 @@ def test_lrn_kernel_is_used_on_cpu():
 
 
 @needs_kernel
+@pytest.mark.parametrize("size,beta", SIZES_AND_BETAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("towers,per_tower", [(1, 1), (1, 7), (2, 21), (3, 37), (2, 48), (1, 130)])
-def test_lrn_kernel_matches_the_formula(dtype, relu, towers, per_tower):
+def test_lrn_kernel_matches_the_formula(size, beta, dtype, relu, towers, per_tower):
     """Forward and backward against autograd of the formula in float64, for towers of any length: whole
-    and partial vectors of AVX-512 (16 floats), AVX2 (8) and NEON (4)."""
+    and partial vectors of AVX-512 (16 floats), AVX2 (8) and NEON (4); at the paper's size and beta, which
+    have paths of their own, and at others."""
     alpha, k = 0.01, 2.0  # a large alpha, so that every channel of the window counts
     g = torch.Generator().manual_seed(per_tower)
     z = (3 * torch.randn(2, towers * per_tower, 3, 5, generator=g)).to(dtype)
     z = z.contiguous(memory_format=torch.channels_last)
     grad = torch.randn(z.shape, generator=g).to(dtype)
     x = z.clone().requires_grad_()
-    out = _KernelLRN.apply(x, alpha, k, towers, relu)
+    out = _KernelLRN.apply(x, alpha, beta, k, size, towers, relu)
     out.backward(grad)
     ref = z.double().requires_grad_()
-    expected = local_response_norm(ref.relu() if relu else ref, alpha, k, towers)
+    expected = local_response_norm(ref.relu() if relu else ref, alpha, k, towers, size, beta)
     expected.backward(grad.double())
     assert out.dtype == x.grad.dtype == dtype
     forward_tol, backward_tol = (1e-6, 1e-6) if dtype == torch.float32 else (2**-8, 1e-2)  # a bfloat16 rounding
@@ -151,3 +169,9 @@ def test_lrn_kernel_matches_the_formula(dtype, relu, towers, per_tower):
     assert (x.grad.double() - ref.grad).abs().max() <= backward_tol * ref.grad.abs().max()
     if relu:
         assert (x.grad[z <= 0] == 0).all()
+
+
+@needs_kernel
+def test_lrn_kernel_refuses_an_even_window():
+    with pytest.raises(RuntimeError, match="an odd size"):
+        _KernelLRN.apply(sample().contiguous(memory_format=torch.channels_last), 1e-4, BETA, 2.0, 4, 1, False)

@@ -1,11 +1,13 @@
 // Local response normalization (paper §3.3) over channels-last rows, fused forward and backward.
 //
-//   b[c] = a[c] * d[c]^(-3/4),   d[c] = k + alpha * sum_{j=c-2..c+2, same tower} a[j]^2
-//   da[c] = g[c] d[c]^(-3/4) - 2 alpha beta a[c] * sum_{j=c-2..c+2, same tower} g[j] a[j] d[j]^(-7/4)
+//   b[c] = a[c] * d[c]^(-beta),   d[c] = k + alpha * sum_{j=c-r..c+r, same tower} a[j]^2,   r = (size - 1) / 2
+//   da[c] = g[c] d[c]^(-beta) - 2 alpha beta a[c] * sum_{j=c-r..c+r, same tower} g[j] a[j] d[j]^(-beta-1)
 //
 // A row holds the C channels of one pixel; each tower is a segment of C / towers channels that the
 // window never leaves. Float and bfloat16 in and out; all arithmetic in float. With `relu`, the input
 // is the pre-activation z and a = max(z, 0) (§3.1): the ReLU costs no pass of its own.
+// Any odd size and any beta. The paper's values, what the networks here compute, have paths of their own:
+// the window of 5 summed in registers, and beta 3/4 from square roots in place of a pow.
 //
 // Written once, for every CPU: ATen's Vectorized<float> is AVX-512, AVX2 or NEON by the target that
 // kernels.py compiles for. ATen selects it by its CPU_CAPABILITY macros, which PyTorch sets only for its
@@ -116,34 +118,44 @@ static inline Vec rsqrt(const Vec& d) {
   return r;
 }
 
-// d^(-3/4) = rsqrt(d)^2 rsqrt(rsqrt(d)), from rs = rsqrt(d)
+// The powers of d that the passes need, d^(-beta) and 1/d. Beta 3/4 from rs = rsqrt(d):
+// d^(-3/4) = rs^2 rsqrt(rs) and 1/d = rs^2, two estimates and their Newton steps in place of a pow.
 template <typename T>
-static inline Vec pow34(const Vec& rs) { return rs * rs * rsqrt<T>(rs); }
+struct ThreeQuarters {
+  std::pair<Vec, Vec> operator()(const Vec& d) const {
+    const Vec rs = rsqrt<T>(d), inverse = rs * rs;
+    return {inverse * rsqrt<T>(rs), inverse};
+  }
+};
+struct AnyBeta {
+  Vec minus_beta;
+  std::pair<Vec, Vec> operator()(const Vec& d) const { return {d.pow(minus_beta), d.reciprocal()}; }
+};
 
-// One segment of L channels. Its arguments are values, not the captures of a lambda, so that stores
-// through the output pointer cannot alias them and they stay in registers.
-template <bool Relu, typename T>
-static void forward_segment(const T* x, T* y, int64_t L, Vec alpha, Vec k) {
+// One segment of L channels, the window of 5 summed in registers. Its arguments are values, not the
+// captures of a lambda, so that stores through the output pointer cannot alias them and they stay in registers.
+template <bool Relu, typename T, typename Power>
+static void forward_segment5(const T* x, T* y, int64_t L, Vec alpha, Vec k, Power power) {
   Vec a = load_a<Relu>(x, std::min(V, L)), prev(0.0f), cur = a * a;
   for (int64_t i = 0; i < L; i += V) {
     const Vec an = i + V < L ? load_a<Relu>(x + i + V, std::min(V, L - i - V)) : Vec(0.0f), next = an * an;
-    const Vec rs = rsqrt<T>(at::vec::fmadd(alpha, window5(prev, cur, next), k));
-    store(y + i, a * pow34<T>(rs), std::min(V, L - i));
+    const Vec p = power(at::vec::fmadd(alpha, window5(prev, cur, next), k)).first;
+    store(y + i, a * p, std::min(V, L - i));
     prev = cur, cur = next, a = an;
   }
 }
 
-// u = g d^(-3/4) and t = u a / d into scratch, aligned, whole vectors (t followed by a zero vector)
-template <bool Relu, typename T>
-static void backward_segment(const T* x, const T* g, T* gx, int64_t L, Vec alpha, Vec k, Vec scale, float* u,
-                             float* t) {
+// u = g d^(-beta) and t = u a / d into scratch, aligned, whole vectors (t followed by a zero vector)
+template <bool Relu, typename T, typename Power>
+static void backward_segment5(const T* x, const T* g, T* gx, int64_t L, Vec alpha, Vec k, Vec scale, Power power,
+                              float* u, float* t) {
   Vec a = load_a<Relu>(x, std::min(V, L)), prev(0.0f), cur = a * a;
   for (int64_t i = 0; i < L; i += V) {
     const Vec an = i + V < L ? load_a<Relu>(x + i + V, std::min(V, L - i - V)) : Vec(0.0f), next = an * an;
-    const Vec rs = rsqrt<T>(at::vec::fmadd(alpha, window5(prev, cur, next), k));
-    const Vec ui = load(g + i, std::min(V, L - i)) * pow34<T>(rs);
+    const auto [p, inverse] = power(at::vec::fmadd(alpha, window5(prev, cur, next), k));
+    const Vec ui = load(g + i, std::min(V, L - i)) * p;
     ui.store(u + i);
-    (ui * a * (rs * rs)).store(t + i);
+    (ui * a * inverse).store(t + i);
     prev = cur, cur = next, a = an;
   }
   prev = Vec(0.0f), cur = Vec::loadu(t);
@@ -156,64 +168,141 @@ static void backward_segment(const T* x, const T* g, T* gx, int64_t L, Vec alpha
   }
 }
 
-template <bool Relu, typename T>
-static void forward_rows(const T* x, T* y, int64_t segments, int64_t L, float alpha, float k) {
-  at::parallel_for(0, segments, 256, [=](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) forward_segment<Relu>(x + s * L, y + s * L, L, Vec(alpha), Vec(k));
-  });
+// The window of any size 2r + 1: the sum of 2r + 1 unaligned loads from p on, from scratch that holds
+// r zeros, a segment's values in whole vectors (zero past its end), then r zeros.
+static inline Vec window(const float* p, int64_t r) {
+  Vec sum = Vec::loadu(p);
+  for (int64_t j = 1; j <= 2 * r; ++j) sum = sum + Vec::loadu(p + j);
+  return sum;
 }
 
+// the squares a^2 of a segment, after the r zeros of sq
 template <bool Relu, typename T>
-static void backward_rows(const T* x, const T* g, T* gx, int64_t segments, int64_t L, float alpha, float beta,
-                          float k) {
-  const int64_t padded = (L + V - 1) / V * V;
+static void squares(const T* x, int64_t L, int64_t r, float* sq) {
+  for (int64_t i = 0; i < L; i += V) {
+    const Vec a = load_a<Relu>(x + i, std::min(V, L - i));
+    (a * a).store(sq + r + i);
+  }
+}
+
+template <bool Relu, typename T, typename Power>
+static void forward_segment(const T* x, T* y, int64_t L, int64_t r, Vec alpha, Vec k, Power power, float* sq) {
+  squares<Relu>(x, L, r, sq);
+  for (int64_t i = 0; i < L; i += V) {
+    const int64_t n = std::min(V, L - i);
+    const Vec p = power(at::vec::fmadd(alpha, window(sq + i, r), k)).first;
+    store(y + i, load_a<Relu>(x + i, n) * p, n);
+  }
+}
+
+// u = g d^(-beta) and t = u a / d into scratch (t after r zeros), then the gradient from them
+template <bool Relu, typename T, typename Power>
+static void backward_segment(const T* x, const T* g, T* gx, int64_t L, int64_t r, Vec alpha, Vec k, Vec scale,
+                             Power power, float* u, float* t, float* sq) {
+  squares<Relu>(x, L, r, sq);
+  for (int64_t i = 0; i < L; i += V) {
+    const int64_t n = std::min(V, L - i);
+    const auto [p, inverse] = power(at::vec::fmadd(alpha, window(sq + i, r), k));
+    const Vec ui = load(g + i, n) * p;
+    ui.store(u + i);
+    (ui * load_a<Relu>(x + i, n) * inverse).store(t + r + i);
+  }
+  for (int64_t i = 0; i < L; i += V) {
+    const int64_t n = std::min(V, L - i);
+    const Vec z = load(x + i, n), ga = at::vec::fmadd(scale * z, window(t + i, r), Vec::loadu(u + i));
+    store(gx + i, Relu ? Vec::blendv(Vec(0.0f), ga, z > Vec(0.0f)) : ga, n);  // through the ReLU: 0 where z <= 0
+  }
+}
+
+template <bool Relu, typename T, typename Power>
+static void forward_rows(const T* x, T* y, int64_t segments, int64_t L, int64_t size, float alpha, float k,
+                         Power power) {
+  const int64_t r = size / 2, padded = (L + V - 1) / V * V;
   at::parallel_for(0, segments, 256, [=](int64_t begin, int64_t end) {
-    const auto scratch = at::zeros({2 * padded + V}, at::kFloat);
-    float *u = scratch.data_ptr<float>(), *t = u + padded;
+    if (size == 5) {
+      for (int64_t s = begin; s < end; ++s)
+        forward_segment5<Relu>(x + s * L, y + s * L, L, Vec(alpha), Vec(k), power);
+      return;
+    }
+    const auto scratch = at::zeros({padded + 2 * r}, at::kFloat);
     for (int64_t s = begin; s < end; ++s)
-      backward_segment<Relu>(x + s * L, g + s * L, gx + s * L, L, Vec(alpha), Vec(k), Vec(-2.0f * alpha * beta), u,
-                             t);
+      forward_segment<Relu>(x + s * L, y + s * L, L, r, Vec(alpha), Vec(k), power, scratch.data_ptr<float>());
   });
 }
 
-static void check(const torch::Tensor& x, int64_t towers) {
+template <bool Relu, typename T, typename Power>
+static void backward_rows(const T* x, const T* g, T* gx, int64_t segments, int64_t L, int64_t size, float alpha,
+                          float beta, float k, Power power) {
+  const int64_t r = size / 2, padded = (L + V - 1) / V * V;
+  at::parallel_for(0, segments, 256, [=](int64_t begin, int64_t end) {
+    // u, then t with room for r zeros before and a zero vector and r zeros after, then the squares
+    const auto scratch = at::zeros({3 * padded + 4 * r + V}, at::kFloat);
+    float *u = scratch.data_ptr<float>(), *t = u + padded, *sq = t + padded + 2 * r + V;
+    const Vec scale(-2.0f * alpha * beta);
+    for (int64_t s = begin; s < end; ++s) {
+      if (size == 5)
+        backward_segment5<Relu>(x + s * L, g + s * L, gx + s * L, L, Vec(alpha), Vec(k), scale, power, u, t);
+      else
+        backward_segment<Relu>(x + s * L, g + s * L, gx + s * L, L, r, Vec(alpha), Vec(k), scale, power, u, t, sq);
+    }
+  });
+}
+
+// run(power) with the power of this beta: 3/4 by square roots, any other by pow
+template <typename T, typename Run>
+static void with_power(double beta, Run run) {
+  if (beta == 0.75)
+    run(ThreeQuarters<T>{});
+  else
+    run(AnyBeta{Vec(static_cast<float>(-beta))});
+}
+
+static void check(const torch::Tensor& x, int64_t size, int64_t towers) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), "LRN kernel: a contiguous (rows, C) CPU tensor");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "LRN kernel: float32 or bfloat16");
+  TORCH_CHECK(size > 0 && size % 2 == 1, "LRN kernel: an odd size");
   TORCH_CHECK(towers > 0 && x.size(1) % towers == 0, "LRN kernel: C a multiple of towers");
 }
 
 template <typename T>
-static void forward(const torch::Tensor& x, torch::Tensor& y, double alpha, double k, int64_t towers, bool relu) {
-  auto rows = relu ? forward_rows<true, T> : forward_rows<false, T>;
-  rows(x.data_ptr<T>(), y.data_ptr<T>(), x.size(0) * towers, x.size(1) / towers, alpha, k);
+static void forward(const torch::Tensor& x, torch::Tensor& y, double alpha, double beta, double k, int64_t size,
+                    int64_t towers, bool relu) {
+  with_power<T>(beta, [&](auto power) {
+    auto rows = relu ? forward_rows<true, T, decltype(power)> : forward_rows<false, T, decltype(power)>;
+    rows(x.data_ptr<T>(), y.data_ptr<T>(), x.size(0) * towers, x.size(1) / towers, size, alpha, k, power);
+  });
 }
 
 template <typename T>
 static void backward(const torch::Tensor& x, const torch::Tensor& g, torch::Tensor& gx, double alpha, double beta,
-                     double k, int64_t towers, bool relu) {
-  auto rows = relu ? backward_rows<true, T> : backward_rows<false, T>;
-  rows(x.data_ptr<T>(), g.data_ptr<T>(), gx.data_ptr<T>(), x.size(0) * towers, x.size(1) / towers, alpha, beta, k);
+                     double k, int64_t size, int64_t towers, bool relu) {
+  with_power<T>(beta, [&](auto power) {
+    auto rows = relu ? backward_rows<true, T, decltype(power)> : backward_rows<false, T, decltype(power)>;
+    rows(x.data_ptr<T>(), g.data_ptr<T>(), gx.data_ptr<T>(), x.size(0) * towers, x.size(1) / towers, size, alpha,
+         beta, k, power);
+  });
 }
 
-torch::Tensor lrn_forward(torch::Tensor x, double alpha, double k, int64_t towers, bool relu) {
-  check(x, towers);
+torch::Tensor lrn_forward(torch::Tensor x, double alpha, double beta, double k, int64_t size, int64_t towers,
+                          bool relu) {
+  check(x, size, towers);
   auto y = torch::empty_like(x);
   if (x.scalar_type() == at::kBFloat16)
-    forward<at::BFloat16>(x, y, alpha, k, towers, relu);
+    forward<at::BFloat16>(x, y, alpha, beta, k, size, towers, relu);
   else
-    forward<float>(x, y, alpha, k, towers, relu);
+    forward<float>(x, y, alpha, beta, k, size, towers, relu);
   return y;
 }
 
-torch::Tensor lrn_backward(torch::Tensor x, torch::Tensor g, double alpha, double beta, double k, int64_t towers,
-                           bool relu) {
-  check(x, towers);
+torch::Tensor lrn_backward(torch::Tensor x, torch::Tensor g, double alpha, double beta, double k, int64_t size,
+                           int64_t towers, bool relu) {
+  check(x, size, towers);
   TORCH_CHECK(g.sizes() == x.sizes() && g.is_contiguous() && g.scalar_type() == x.scalar_type(), "LRN kernel: gradient");
   auto gx = torch::empty_like(x);
   if (x.scalar_type() == at::kBFloat16)
-    backward<at::BFloat16>(x, g, gx, alpha, beta, k, towers, relu);
+    backward<at::BFloat16>(x, g, gx, alpha, beta, k, size, towers, relu);
   else
-    backward<float>(x, g, gx, alpha, beta, k, towers, relu);
+    backward<float>(x, g, gx, alpha, beta, k, size, towers, relu);
   return gx;
 }
 
