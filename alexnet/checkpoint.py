@@ -1,35 +1,53 @@
-"""Checkpoints: written atomically, read with torch.load(weights_only=True), checked before use; and weights
-files (safetensors), which every command that takes a checkpoint reads the same way."""
+"""Checkpoints and weights files: what they hold, written atomically, read back in every version, checked.
 
-import base64
+A checkpoint (.pt: torch.save, read with torch.load(weights_only=True)) holds
+    format               FORMAT
+    network              the network's record (record.py): what rebuilds it and prepares its inputs
+    model                its state dict
+    config, measured     the run's configuration (as config.json), the validation errors of these weights
+    epoch, best          epochs trained, the lowest validation top-1 error so far
+    optimizer, schedule, step, total_steps, sums, planned, rng, cuda_rng
+                         a run's state, from which `train --resume` continues exactly (train.Trainer.snapshot)
+A weights file (.safetensors) holds the state dict under the model's own keys, and in its header the record and
+the metadata of an export (export.metadata); every command that takes a checkpoint takes it.
+"""
+
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from .data.stats import Recipe
 from .errors import InputError
 from .files import atomic_write
-from .model import build_model
+from .record import NetworkRecord, build_model
 
-FORMAT = "alexnet-checkpoint-1"
-WEIGHTS_FORMAT = "alexnet-safetensors-1"
+FORMAT = "alexnet-checkpoint-2"  # 1: the network's record at the top level (record.VERSION 1)
+FORMATS_READ = ("alexnet-checkpoint-1", FORMAT)
+WEIGHTS_FORMAT = "alexnet-safetensors-2"  # 1: the record's fields in the metadata, its recipe beside them
+WEIGHTS_FORMATS_READ = ("alexnet-safetensors-1", WEIGHTS_FORMAT)
+# Every file a network travels in, by suffix: checkpoints (.pt) and weights files are read back; the others are
+# exported for other programs (export.py)
+FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2"}
 WEIGHTS_SUFFIX = ".safetensors"
-# what a weights file's metadata must say of its checkpoint, beside the weights and the recipe: all that
-# inference needs
-WEIGHTS_INFO = ("arch", "lrn", "dropout", "crop", "classes", "names", "config", "measured")
+# What a checkpoint says beside its network's record and weights, which inference keeps (inference.Network.info):
+# where it was read from, its run's configuration and progress, the validation errors measured of these weights
+INFO = ("path", "config", "epoch", "best", "measured")
+# The record's fields that a version-1 checkpoint held at its top level
+_RECORD_V1 = ("arch", "classes", "names", "lrn", "dropout", "width", "remove", "crop", "recipe")
 
 
 def save(path: Path, state: dict) -> None:
-    """Write `state` (tensors, numbers, strings, lists, dicts) to `path` through a temporary file."""
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+    """Write `state` (its "network" a NetworkRecord; tensors, numbers, strings, lists, dicts) to `path` through a
+    temporary file."""
+    saved = {"format": FORMAT, **state, "network": state["network"].to_state()}
+    atomic_write(path, lambda f: torch.save(saved, f))
 
 
 def load(path: str | Path) -> dict:
     """Read a checkpoint (a run folder: its best.pt, else its last.pt) or a weights file (.safetensors, see
-    save_weights); a missing, truncated or foreign file raises InputError with a one-line reason."""
+    save_weights) of any version, its "network" as a NetworkRecord; a missing, truncated or foreign file raises
+    InputError with a one-line reason."""
     path = Path(path)
     if path.is_dir():
         path = of_run(path)
@@ -37,8 +55,6 @@ def load(path: str | Path) -> dict:
             raise InputError(f"{path.parent} is a folder but not a run folder (no last.pt or best.pt in it)")
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
-    from .export import FORMATS
-
     if path.suffix in FORMATS and path.suffix != WEIGHTS_SUFFIX:
         raise InputError(f"{path} is an exported {FORMATS[path.suffix]} file, for other programs; give a checkpoint "
                          f"(.pt), a run folder or a {WEIGHTS_SUFFIX} weights file")
@@ -50,10 +66,13 @@ def load(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, a pickle with arbitrary objects
         raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_words(err)})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in FORMATS_READ:
         raise InputError(f"{path} is not an alexnet checkpoint")
-    state["path"] = str(path)
-    return state
+    if state["format"] == FORMAT:
+        network = NetworkRecord.from_state(state["network"])
+    else:
+        network = NetworkRecord.from_state({k: state.pop(k) for k in _RECORD_V1 if k in state}, state["model"])
+    return {**state, "format": FORMAT, "network": network, "path": str(path)}
 
 
 def of_run(folder: Path) -> Path:
@@ -68,42 +87,31 @@ def first_words(err: Exception, most: int = 100) -> str:
 
 
 def model_from(state: dict) -> nn.Module:
-    """The network of a checkpoint, with its weights, in eval mode."""
-    model = build_model(state["arch"], len(state["classes"]), lrn=state["lrn"], dropout=state["dropout"],
-                        width=state.get("width", 1.0), crop=state["crop"], remove=state.get("remove"))
+    """The network of a loaded checkpoint, with its weights, in eval mode."""
+    net = state["network"]
+    model = build_model(net)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise InputError(f"{state['path']}: its weights do not fit a {state['arch']!r} network with "
-                         f"{len(state['classes'])} classes ({str(err).splitlines()[1].strip()[:120]})") from None
+        raise InputError(f"{state['path']}: its weights do not fit a {net.arch!r} network with "
+                         f"{len(net.classes)} classes ({str(err).splitlines()[1].strip()[:120]})") from None
     return model.eval()
-
-
-def recipe_from(state: dict) -> Recipe:
-    """The training set's mean image and RGB principal components that the network was trained with (and the
-    input scale of imported torchvision weights)."""
-    r = state["recipe"]
-    return Recipe(r["mean"], r["eigval"], r["eigvec"], r.get("scale"))
 
 
 def save_weights(path: str | Path, state: dict, metadata: dict) -> None:
     """Write a checkpoint's network as safetensors: the state dict under its own keys (so that build_model, and
-    torchvision for `owt`, load it with strict=True), and in the header the recipe and `metadata` (JSON, with
-    the checkpoint's WEIGHTS_INFO), so that it loads back as the checkpoint it came from, for inference."""
+    torchvision for `owt`, load it with strict=True), and in the header the network's record whole and
+    `metadata` (JSON), so that it loads back as the checkpoint it came from, for inference."""
     from safetensors.torch import save
 
-    r = state["recipe"]
-    mean = r["mean"].float().contiguous().numpy()
-    recipe = {"mean": base64.b64encode(mean.astype("<f4").tobytes()).decode(), "mean_shape": list(mean.shape),
-              "eigval": r["eigval"].tolist(), "eigvec": r["eigvec"].tolist(),
-              "scale": None if r.get("scale") is None else r["scale"].tolist()}
-    header = {"format": WEIGHTS_FORMAT, "recipe": json.dumps(recipe), "metadata": json.dumps(metadata)}
+    header = {"format": WEIGHTS_FORMAT, "network": json.dumps(state["network"].to_json()),
+              "metadata": json.dumps(metadata)}
     tensors = {k: v.contiguous() for k, v in state["model"].items()}
     atomic_write(path, lambda f: f.write(save(tensors, header)))
 
 
 def _load_weights(path: Path) -> dict:
-    """A weights file (save_weights) as the checkpoint it was written from."""
+    """A weights file (save_weights, of any version) as the checkpoint it was written from."""
     from safetensors import safe_open
 
     try:
@@ -111,15 +119,14 @@ def _load_weights(path: Path) -> dict:
             header, model = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except Exception as err:  # truncated, not safetensors
         raise InputError(f"{path} is not a readable safetensors file ({first_words(err)})") from None
-    if header.get("format") != WEIGHTS_FORMAT:
+    if header.get("format") not in WEIGHTS_FORMATS_READ:
         raise InputError(f"{path} is not an alexnet weights file (a state dict of torchvision's? see "
                          "`alexnet import-torchvision`)")
-    r = json.loads(header["recipe"])
-    mean = np.frombuffer(base64.b64decode(r["mean"]), "<f4").reshape(r["mean_shape"])
-    recipe = {"mean": torch.from_numpy(mean.copy()), "eigval": torch.tensor(r["eigval"]),
-              "eigvec": torch.tensor(r["eigvec"])}
-    if r["scale"] is not None:
-        recipe["scale"] = torch.tensor(r["scale"])
     metadata = json.loads(header["metadata"])
-    return {"format": FORMAT, **{k: metadata[k] for k in WEIGHTS_INFO}, "model": model, "recipe": recipe,
-            "path": str(path)}
+    if header["format"] == WEIGHTS_FORMAT:
+        network = NetworkRecord.from_json(json.loads(header["network"]))
+    else:  # version 1: the record's fields in the metadata, the recipe beside it
+        fields = {k: metadata[k] for k in _RECORD_V1 if k in metadata}
+        network = NetworkRecord.from_json({**fields, "recipe": json.loads(header["recipe"])}, model)
+    return {"format": FORMAT, "network": network, "model": model, "config": metadata.get("config"),
+            "measured": metadata.get("measured"), "path": str(path)}

@@ -16,11 +16,11 @@ REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, e
 def _summary(args: argparse.Namespace) -> None:
     import torch
 
-    from .model import build_model
+    from .record import NetworkRecord, build_model
     from .summary import format_table, layer_table
 
     with torch.device("meta"):
-        model = build_model(args.arch, args.classes, lrn=args.lrn)
+        model = build_model(NetworkRecord.of(args.arch, args.classes, lrn=args.lrn))
     table = format_table(layer_table(model, args.image_size), args.image_size)
     print(f"AlexNet {args.arch!r}, {args.classes} classes, input 3×{args.image_size}×{args.image_size}")
     print(table)
@@ -165,8 +165,8 @@ def _export(args: argparse.Namespace) -> None:
 def _import_torchvision(args: argparse.Namespace) -> None:
     from .export import import_torchvision
 
-    info = import_torchvision(args.weights, args.out)
-    print(f"wrote {args.out}: torchvision's {info['arch']!r} with ImageNet's {len(info['classes'])} classes; next: "
+    record = import_torchvision(args.weights, args.out)
+    print(f"wrote {args.out}: torchvision's {record.arch!r} with ImageNet's {len(record.classes)} classes; next: "
           f"alexnet predict {args.out} IMAGE.jpg")
 
 

@@ -1,7 +1,8 @@
 """Weights in and out: a checkpoint's network as safetensors, ONNX or a torch.export program, each carrying
-its metadata as torchvision's weights enums do; torchvision's alexnet() weights in as a checkpoint.
+the network's record whole (record.py) and metadata as torchvision's weights enums have it; torchvision's
+alexnet() weights in as a checkpoint.
 
-    safetensors  the state dict under the model's own keys, the recipe and the metadata in its header;
+    safetensors  the state dict under the model's own keys, the record and the metadata in its header;
                  every command that takes a checkpoint takes it (checkpoint.load)
     onnx         the eval-mode graph, LRN as plain operators, a dynamic batch dimension ("images" → "logits")
     pt2          the same graph as a torch.export program: torch.export.load needs no alexnet package
@@ -12,21 +13,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import __version__, checkpoint
+from .checkpoint import FORMATS
 from .data.augment import center_crop
-from .data.folders import imagenet_classes
-from .data.loader import Loader
-from .data.sources import data_root, open_split
+from .data.folders import DEFAULT_DATA, imagenet_classes, list_images, preprocess
+from .data.stats import Recipe
 from .errors import InputError
 from .files import atomic_write
 from .inference import network
 from .lrn import BETA, FORMULAS, LRN, SIZE
+from .record import NetworkRecord
 from .summary import layer_table
 
-FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2"}  # each format's suffix
 METADATA = "alexnet.json"  # the metadata's key in an ONNX file's metadata_props and a .pt2's extra files
 INPUT, OUTPUT, BATCH = "images", "logits", "batch"  # the graph's names: input, output, its dynamic dimension
 # torchvision's preprocessing of its ImageNet weights (AlexNet_Weights.IMAGENET1K_V1.transforms()):
@@ -50,22 +52,15 @@ def _lrn(model: nn.Module) -> dict | None:
 
 def metadata(state: dict, model: nn.Module) -> dict:
     """What an exported network says about itself, as torchvision's weights enums do (their meta and transforms):
-    architecture, LRN formula, parameters, multiply-adds, classes, preprocessing, the accuracy measured."""
-    rows = layer_table(model, state["crop"])
-    r = checkpoint.recipe_from(state)
+    architecture, LRN formula, parameters, multiply-adds, classes, preprocessing, the accuracy measured; beside
+    it, in every format, the network's record whole ("network": the mean image itself, the RGB PCA, ...)."""
+    net: NetworkRecord = state["network"]
+    rows = layer_table(model, net.crop)
     lrn = _lrn(model)
-    std = torch.full((3,), 1 / 255) if r.scale is None else 1 / (255 * r.scale)
-    preprocessing = {
-        "resize_size": r.mean.shape[0], "crop_size": state["crop"], "interpolation": "bilinear, antialiased",
-        "mean": (r.mean.mean((0, 1)) / 255).tolist(), "std": std.tolist(),
-        "input": f"float32 (N, 3, {state['crop']}, {state['crop']}), RGB: the shorter side resized to resize_size, "
-                 "the central crop_size square, then (pixels / 255 - mean) / std",
-        # the paper subtracts a mean image (§2), which `mean` averages; a weights file carries the image itself
-        "mean_image": bool((r.mean != r.mean[:1, :1]).any())}
-    return {"arch": state["arch"], "lrn": lrn["formula"] if lrn else "none", "lrn_formula": lrn,
-            "dropout": state["dropout"], "crop": state["crop"], "num_params": sum(row.params for row in rows),
-            "multiply_adds": sum(row.macs for row in rows), "classes": state["classes"], "names": state["names"],
-            "preprocessing": preprocessing, "measured": state.get("measured"), "config": state.get("config"),
+    return {"arch": net.arch, "lrn": net.lrn, "lrn_formula": lrn, "dropout": net.dropout, "width": net.width,
+            "remove": net.remove, "crop": net.crop, "num_params": sum(row.params for row in rows),
+            "multiply_adds": sum(row.macs for row in rows), "classes": net.classes, "names": net.names,
+            "preprocessing": net.preprocessing(), "measured": state.get("measured"), "config": state.get("config"),
             "exported_by": f"alexnet {__version__}"}
 
 
@@ -109,25 +104,27 @@ def export(ckpt: str | Path, out: str | Path, fmt: str | None = None) -> dict:
         raise InputError(f"{out} is the checkpoint being exported; write the {fmt} file elsewhere")
     model = checkpoint.model_from(state)
     meta = metadata(state, model)
-    if fmt == "safetensors":
+    whole = {**meta, "network": state["network"].to_json()}
+    if fmt == "safetensors":  # the record beside the metadata in the header (checkpoint.save_weights)
         checkpoint.save_weights(out, state, meta)
     elif fmt == "onnx":
-        data = _onnx_bytes(_program(model, state["crop"]), meta)
+        data = _onnx_bytes(_program(model, meta["crop"]), whole)
         atomic_write(out, lambda f: f.write(data))
     else:
-        program = _program(model, state["crop"])
-        atomic_write(out, lambda f: torch.export.save(program, f, extra_files={METADATA: json.dumps(meta)}))
-    return meta
+        program = _program(model, meta["crop"])
+        atomic_write(out, lambda f: torch.export.save(program, f, extra_files={METADATA: json.dumps(whole)}))
+    return whole
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The metadata of an exported file, by its suffix."""
+    """The metadata of an exported file, by its suffix, with the network's record ("network", as JSON)."""
     path, fmt = Path(path), _format(path)
     if fmt == "safetensors":
         from safetensors import safe_open
 
         with safe_open(path, "pt") as f:
-            return json.loads(f.metadata()["metadata"])
+            header = f.metadata()
+        return {**json.loads(header["metadata"]), "network": json.loads(header["network"])}
     if fmt == "onnx":
         import onnx
 
@@ -136,6 +133,11 @@ def read_metadata(path: str | Path) -> dict:
     extra = {METADATA: ""}
     torch.export.load(path, extra_files=extra)
     return json.loads(extra[METADATA])
+
+
+def read_record(path: str | Path) -> NetworkRecord:
+    """The record of the network in an exported file of any format."""
+    return NetworkRecord.from_json(read_metadata(path)["network"])
 
 
 @dataclass
@@ -170,18 +172,20 @@ def check(ckpt: str | Path, exported: str | Path) -> Agreement:
     else:
         runtime, run = "the weights file", network(checkpoint.load(exported), "cpu", "fp32").model
     images = diff = same = 0
+    photos = list_images(DEFAULT_DATA, "val").files
     with torch.no_grad():
-        for pixels, *_ in Loader(open_split(data_root(None), "val"), CHECK_BATCH, shuffle=False).epoch(0):
-            x = center_crop(pixels, net.recipe, net.crop)
+        for first in range(0, len(photos), CHECK_BATCH):  # preprocessed as the record says (its side)
+            pixels = np.stack([preprocess(f, net.record.side) for f in photos[first:first + CHECK_BATCH]])
+            x = center_crop(torch.from_numpy(pixels), net.recipe, net.crop)
             ours, theirs = net.model(x), run(x)
             images, diff = images + len(x), max(diff, float((ours - theirs).abs().max()))
             same += int((ours.topk(5).indices == theirs.topk(5).indices).all(1).sum())
     return Agreement(runtime, images, diff, same)
 
 
-def import_torchvision(weights: str | Path, out: str | Path) -> dict:
+def import_torchvision(weights: str | Path, out: str | Path) -> NetworkRecord:
     """`alexnet import-torchvision`: torchvision's alexnet() state dict (a .pth) as an `owt` checkpoint with
-    ImageNet's class names and torchvision's preprocessing; the checkpoint without its weights."""
+    ImageNet's class names and torchvision's preprocessing; its record."""
     weights = Path(weights)
     if not weights.is_file():
         raise InputError(f"no weights file at {weights}")
@@ -193,14 +197,13 @@ def import_torchvision(weights: str | Path, out: str | Path) -> dict:
         raise InputError(f"{weights} is not a state dict (a dict of tensors), as torchvision's weights files are")
     classes = imagenet_classes()
     mean = torch.tensor(TORCHVISION_MEAN) * 255
-    info = {"arch": "owt", "lrn": None, "dropout": 0.5, "crop": TORCHVISION_CROP, "classes": list(classes),
-            "names": list(classes.values()), "measured": None,
-            "config": {"imported": "torchvision", "weights": weights.name,
-                       "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}}
     # torchvision publishes no RGB principal components: no lighting noise (§4.1) should these weights train on
-    recipe = {"mean": mean.expand(256, 256, 3).clone(), "eigval": torch.zeros(3), "eigvec": torch.eye(3),
-              "scale": 1 / (255 * torch.tensor(TORCHVISION_STD))}
-    state = {**info, "model": model, "recipe": recipe}
+    recipe = Recipe(mean.expand(256, 256, 3).clone(), torch.zeros(3), torch.eye(3),
+                    1 / (255 * torch.tensor(TORCHVISION_STD)))
+    record = NetworkRecord.of("owt", list(classes), list(classes.values()), crop=TORCHVISION_CROP, recipe=recipe)
+    state = {"network": record, "model": model, "measured": None,
+             "config": {"imported": "torchvision", "weights": weights.name,
+                        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}}
     checkpoint.model_from({**state, "path": str(weights)})  # raises InputError where the weights do not fit
     checkpoint.save(out, state)
-    return info
+    return record

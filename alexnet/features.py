@@ -79,7 +79,7 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     if not files:
         raise InputError(f"the {split} split of {root} has no images")
     meta = {"format": FEATURES_FORMAT, "checkpoint": os.path.abspath(net.info["path"]),
-            "weights": weights_digest(net.model), "arch": net.info["arch"], "crop": net.crop,
+            "weights": weights_digest(net.model), "arch": net.record.arch, "crop": net.crop,
             "precision": net.precision, "data": os.path.abspath(root), "split": split,
             "count": len(files), "dim": FEATURE_DIM, "batch_size": batch_size,
             "files": hashlib.sha256("\n".join(files).encode()).hexdigest(),

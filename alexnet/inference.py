@@ -13,19 +13,20 @@ from torch import nn
 from . import checkpoint
 from .data.stats import Recipe
 from .errors import InputError
+from .record import NetworkRecord
 from .runtime import autocast, choose_device, choose_precision
 
-STATE_TENSORS = ("model", "optimizer", "recipe", "rng", "cuda_rng")  # what `info` leaves out of a checkpoint
 PROBE_BATCH = 64  # images per timed forward pass of "auto" precision, unless the caller runs other batches
 
 
 @dataclass
 class Network:
-    """A trained network ready for inference, and what its checkpoint says about it (`info`: the
-    architecture, crop, classes and class names, the run's configuration and progress, its path)."""
+    """A trained network ready for inference: its record (architecture, classes, crop, preprocessing) and what
+    its checkpoint says beside it (`info`: checkpoint.INFO, its path, the run's configuration and progress)."""
 
     model: nn.Module
-    recipe: Recipe
+    record: NetworkRecord
+    recipe: Recipe  # the record's, on the device
     device: torch.device
     precision: str
     info: dict
@@ -33,27 +34,27 @@ class Network:
     @property
     def crop(self) -> int:
         """The side of the square patch the network was trained on (224 or 227)."""
-        return self.info["crop"]
+        return self.record.crop
 
     @property
     def classes(self) -> list[str]:
         """The class folder names (wnids) its outputs index."""
-        return self.info["classes"]
+        return self.record.classes
 
     @property
     def names(self) -> list[str]:
         """Human-readable class names, in the order of the outputs."""
-        return self.info["names"]
+        return self.record.names
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of its precision."""
         return autocast(self.device, self.precision)
 
 
-def ready(model: nn.Module, recipe: Recipe, info: dict, device: torch.device, precision: str) -> Network:
+def ready(model: nn.Module, record: NetworkRecord, info: dict, device: torch.device, precision: str) -> Network:
     """A network on `device`, in eval mode and channels-last memory, computing in `precision`."""
     model = model.to(device).to(memory_format=torch.channels_last).eval()
-    return Network(model, recipe.to(device), device, precision, info)
+    return Network(model, record, record.recipe.to(device), device, precision, info)
 
 
 def network(state: dict, device: str = "auto", precision: str = "auto", batch: int = PROBE_BATCH) -> Network:
@@ -61,10 +62,10 @@ def network(state: dict, device: str = "auto", precision: str = "auto", batch: i
     faster for inference on batches of `batch` images with this network on this machine
     (runtime.choose_precision): which one is can depend on the batch (bf16 gains more from larger ones)."""
     dev = choose_device(device)
-    info = {k: v for k, v in state.items() if k not in STATE_TENSORS}
-    net = ready(checkpoint.model_from(state), checkpoint.recipe_from(state), info, dev, "fp32")
+    info = {k: state.get(k) for k in checkpoint.INFO}
+    net = ready(checkpoint.model_from(state), state["network"], info, dev, "fp32")
     net.precision = choose_precision(precision, dev, functools.partial(_seconds, net, batch=batch),
-                                     f"{info['arch']} inference, batch {batch}").name
+                                     f"{net.record.arch} inference, batch {batch}").name
     return net
 
 
@@ -84,10 +85,11 @@ def load_networks(paths: list[str], device: str = "auto", precision: str = "auto
     """The networks of checkpoint files or run folders (their "auto" precision timed on batches of `batch`);
     several (an ensemble) must have the same classes."""
     states = [checkpoint.load(p) for p in paths]
+    first = states[0]["network"].classes
     for state in states[1:]:
-        if state["classes"] != states[0]["classes"]:
-            raise InputError(f"{state['path']} has {len(state['classes'])} classes, {states[0]['path']} has "
-                             f"{len(states[0]['classes'])}: an ensemble needs the same classes")
+        if state["network"].classes != first:
+            raise InputError(f"{state['path']} has {len(state['network'].classes)} classes, {states[0]['path']} has "
+                             f"{len(first)}: an ensemble needs the same classes")
     return [network(s, device, precision, batch) for s in states]
 
 

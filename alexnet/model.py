@@ -240,30 +240,6 @@ def default_init(arch: str, classes: int) -> tuple[str, str]:
     return "centered", "§5's dies on few classes at §5's learning rate; --init paper for it"
 
 
-def build_model(arch: str = "paper", num_classes: int = 1000, lrn: str | None = None, init: str | None = None,
-                dropout: float = 0.5, width: float = 1.0, crop: int = 224, remove: str | None = None) -> nn.Module:
-    """One of ARCHS, initialized by `init` (default: see default_init); the paper's layouts also `width` times
-    as wide, for `crop`×`crop` inputs, without the middle layer `remove`."""
-    if arch not in ARCHS:
-        raise InputError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
-    if num_classes < 1:
-        raise InputError(f"the number of classes must be positive, got {num_classes}")
-    if arch == "owt":
-        if lrn not in (None, "none"):
-            raise InputError("the owt architecture has no LRN layers")
-        if width != 1.0 or remove:
-            raise InputError("the owt architecture comes at the paper's width, with all its layers")
-        model = OWTAlexNet(num_classes, dropout)
-    elif arch == "caffenet":
-        model = AlexNet(num_classes, 2, lrn or "caffe", lrn_towers=1, pool_before_lrn=True, dropout=dropout,
-                        width=width, side=input_side(crop))
-    elif arch == "half":
-        model = AlexNet(num_classes, 1, lrn or "paper", dropout=dropout, kernels=HALF_KERNELS, width=width,
-                        side=input_side(crop))
-    else:
-        model = AlexNet(num_classes, 2 if arch == "paper" else 1, lrn or "paper", dropout=dropout, width=width,
-                        side=input_side(crop))
-    init_weights(model, init or default_init(arch, num_classes)[0])
-    if remove:  # after the initialization, so that every remaining weight is the full network's
-        model.remove_layer(remove)
-    return model
+def architecture_lrn(arch: str) -> str:
+    """The LRN formula an architecture has when none is named: §3.3's, Caffe's for CaffeNet, none for owt."""
+    return {"owt": "none", "caffenet": "caffe"}.get(arch, "paper")

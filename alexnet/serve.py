@@ -98,7 +98,7 @@ class Predictor:
     def info(self) -> dict:
         """The network, its classes and its measured validation error, and the features folder."""
         info, f = self.net.info, self.features
-        return {"checkpoint": info["path"], "arch": info["arch"], "crop": self.net.crop,
+        return {"checkpoint": info["path"], "arch": self.net.record.arch, "crop": self.net.crop,
                 "device": str(self.net.device), "precision": self.net.precision, "epoch": info.get("epoch"),
                 "validation": validation(info), "classes": [{"wnid": wnid, "name": name} for wnid, name in
                                                             zip(self.net.classes, self.net.names, strict=True)],
@@ -273,6 +273,6 @@ def serve(path: str, features: str | None = None, host: str = "127.0.0.1", port:
     store, net = (open_features(features, path, device) if features else
                   (None, load_network(path, device, precision, max_batch)))
     app = make_app(Predictor(net, store), max_batch, max_wait, max_queue, max_bytes)
-    print(f"serving {net.info['path']} ({net.info['arch']}, {len(net.classes)} classes, {net.device}, "
+    print(f"serving {net.info['path']} ({net.record.arch}, {len(net.classes)} classes, {net.device}, "
           f"{net.precision}) at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

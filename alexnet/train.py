@@ -38,9 +38,10 @@ from .figures import plot_curves
 from .files import link_or_copy, write_json, write_text
 from .inference import Network, network
 from .lrn import MODES
-from .model import ARCHS, INITS, MIDDLE, PAPER_CLASSES, WIDTHS, build_model, default_init
+from .model import ARCHS, INITS, MIDDLE, PAPER_CLASSES, WIDTHS, default_init
 from .optim import SCHEDULES, Schedule, build_optimizer
 from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, Accepts, check, option, resumed
+from .record import NetworkRecord, build_model
 from .runtime import PRECISIONS, autocast, choose_device, choose_precision
 from .towers import Pair, Tower, place
 from .words import count
@@ -393,8 +394,9 @@ class Trainer:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.arch, len(data.classes), cfg.lrn, cfg.init, cfg.dropout, cfg.width, cfg.crop,
-                                 cfg.remove).to(self.device)
+        self.record = NetworkRecord.of(cfg.arch, data.classes, data.names, cfg.lrn, dropout=cfg.dropout,
+                                       width=cfg.width, remove=cfg.remove, crop=cfg.crop, recipe=data.recipe)
+        self.model = build_model(self.record, cfg.init).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.batch = cfg.batch_size // (pair.pairs if pair else world)  # this process's images per step
@@ -444,7 +446,7 @@ class Trainer:
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: weights, optimizer, schedule state, random state, position in the epoch."""
-        if state["classes"] != self.data.classes:
+        if state["network"].classes != self.data.classes:
             raise InputError(f"{state['path']} was trained on other classes than {self.data.description}")
         self.init_reason = self.clip_reason = "the run's own"  # not a choice of this command's
         if self.pair:
@@ -461,23 +463,18 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"][self.device.index % len(state["cuda_rng"])])
 
     def info(self) -> dict:
-        """What a checkpoint says about the network, beside its weights (inference.Network.info)."""
-        return {"arch": self.cfg.arch, "lrn": self.cfg.lrn, "dropout": self.cfg.dropout, "crop": self.cfg.crop,
-                "width": self.cfg.width, "remove": self.cfg.remove,
-                "classes": self.data.classes, "names": self.data.names,
-                "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "progress"}}
+        """What a checkpoint says beside the network's record and weights (checkpoint.INFO), as the run is now."""
+        return {"config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "progress"},
+                "epoch": self.epoch, "best": self.best, "measured": self.measured}
 
     def snapshot(self) -> dict:
-        """Everything `restore` needs, and what eval/predict need: a weights_only-loadable dict (of the whole
-        network, which under --parallel towers both processes of a pair assemble together)."""
-        r = self.data.recipe
+        """Everything `restore` needs, and what eval/predict need (a checkpoint, checkpoint.py): the record, the
+        weights of the whole network (which under --parallel towers both processes of a pair assemble together)
+        and the run's state."""
         model, optimizer = (self.model.whole_state(self.optimizer) if self.pair else
                             (self.model.state_dict(), self.optimizer.state_dict()))
-        return {**self.info(), "model": model,
-                "recipe": {"mean": r.mean, "eigval": r.eigval, "eigvec": r.eigvec},
-                "optimizer": optimizer, "schedule": self.schedule.state_dict(),
-                "epoch": self.epoch, "step": self.step, "total_steps": self.total_steps, "best": self.best,
-                "measured": self.measured,
+        return {**self.info(), "network": self.record, "model": model, "optimizer": optimizer,
+                "schedule": self.schedule.state_dict(), "step": self.step, "total_steps": self.total_steps,
                 "sums": list(self.sums), "planned": self.planned, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
 
@@ -533,7 +530,7 @@ class Trainer:
             net = torch.nn.parallel.DistributedDataParallel(net, ids)
         if cfg.compile:
             net = torch.compile(net)
-        validation = Network(self.model, self.recipe, self.device, self.precision, self.info())
+        validation = Network(self.model, self.record, self.recipe, self.device, self.precision, self.info())
         folder = RunFolder(self.run_path, active=self.rank == 0)
         if self.rank == 0:
             write_json(self.run_path / "config.json", dataclasses.asdict(cfg))

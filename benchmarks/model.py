@@ -30,7 +30,7 @@ import torchvision
 
 import alexnet.lrn
 from alexnet.kernels import target_flags
-from alexnet.model import build_model
+from alexnet.record import NetworkRecord, build_model
 from alexnet.runtime import keep_freed_memory
 
 SETTINGS = {
@@ -49,7 +49,7 @@ LEVELS = {  # the environment of an instruction-set level: PyTorch's, oneDNN's, 
 def make(name: str) -> torch.nn.Module:
     if name == "torchvision":
         return torchvision.models.alexnet()
-    return build_model(name.split()[0])
+    return build_model(NetworkRecord.of(name.split()[0]))
 
 
 @contextlib.contextmanager

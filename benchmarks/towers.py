@@ -31,8 +31,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from alexnet.model import LAYERS, build_model
+from alexnet.model import LAYERS
 from alexnet.optim import PaperSGD
+from alexnet.record import NetworkRecord, build_model
 from alexnet.runtime import cpu_model, keep_freed_memory
 from alexnet.towers import EXCHANGED, Tower, place
 
@@ -59,7 +60,7 @@ def worker(rank: int, world: int, mode: str, batch: int, steps: int, port: int, 
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = build_model("paper", 1000, init="paper").to(memory_format=torch.channels_last)
+    model = build_model(NetworkRecord.of("paper", 1000), "paper").to(memory_format=torch.channels_last)
     shard, shards, group = rank, world, None
     if mode == "towers":
         pair = place("paper", rank, world)

@@ -165,7 +165,7 @@ def main() -> None:
     import torch
 
     from alexnet.data.store import prepare
-    from alexnet.model import build_model
+    from alexnet.record import NetworkRecord, build_model
     from alexnet.runtime import choose_device, choose_precision
     from alexnet.summary import layer_table
 
@@ -202,7 +202,8 @@ def main() -> None:
         vs_compute = f"{rate[label] / compute:>11.2f}" if kind == "ours" and compute else ""
         print(f"{label:<56}{rate[label]:>9.1f}{rate[label] / base:>12.2f}{vs_compute}")
     if args.device == "cuda":
-        flops = 6 * sum(row.macs for row in layer_table(build_model("paper", 100), 224))  # per training image
+        model = build_model(NetworkRecord.of("paper", 100))
+        flops = 6 * sum(row.macs for row in layer_table(model, 224))  # per training image
         peak = bf16_peak()
         for label in rate:
             if "compute only" in label:

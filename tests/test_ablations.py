@@ -12,7 +12,8 @@ from alexnet.ablations import STUDIES, StudyConfig
 from alexnet.cli import main
 from alexnet.data.store import prepare
 from alexnet.errors import InputError
-from alexnet.model import MIDDLE, build_model, conv5_maps
+from alexnet.model import MIDDLE, conv5_maps
+from alexnet.record import NetworkRecord, build_model
 
 
 @pytest.fixture(scope="module")
@@ -23,27 +24,27 @@ def small_store(tmp_path_factory):
 
 
 def test_scaled_alexnet_keeps_the_eight_layers_with_a_fraction_of_the_kernels():
-    net = build_model("paper", 10, width=0.25, crop=67)
+    net = build_model(NetworkRecord.of("paper", 10, width=0.25, crop=67))
     widths = [layer.out_features if isinstance(layer, torch.nn.Linear) else layer.out_channels
               for layer in net.layers().values()]
     assert widths == [24, 64, 96, 96, 64, 1024, 1024, 10]
     assert net.fc6.in_features == 64 * 1 * 1 and conv5_maps(67) == 1 and conv5_maps(227) == 6
     assert net(torch.randn(2, 3, 67, 67)).shape == net(torch.randn(2, 3, 64, 64)).shape == (2, 10)
-    assert build_model("paper", 10, width=0.25, crop=99).fc6.in_features == 64 * 2 * 2
+    assert build_model(NetworkRecord.of("paper", 10, width=0.25, crop=99)).fc6.in_features == 64 * 2 * 2
     for crop in (63, 66):
         with pytest.raises(InputError):
-            build_model("paper", 10, crop=crop)
+            build_model(NetworkRecord.of("paper", 10, crop=crop))
     with pytest.raises(InputError, match="width 0.3"):
-        build_model("paper", 10, width=0.3)
+        build_model(NetworkRecord.of("paper", 10, width=0.3))
 
 
 @pytest.mark.parametrize("towers", ["paper", "paper-1tower"])
 @pytest.mark.parametrize("name", MIDDLE)
 def test_a_removed_layer_leaves_the_full_networks_initial_weights(towers, name):
     torch.manual_seed(0)
-    full = build_model(towers, 10, width=0.125, crop=67).state_dict()
+    full = build_model(NetworkRecord.of(towers, 10, width=0.125, crop=67)).state_dict()
     torch.manual_seed(0)
-    net = build_model(towers, 10, width=0.125, crop=67, remove=name)
+    net = build_model(NetworkRecord.of(towers, 10, width=0.125, crop=67, remove=name))
     assert name not in net.layers() and len(net.layers()) == 7
     groups = 2 if towers == "paper" else 1
     for key, value in net.state_dict().items():
@@ -61,9 +62,9 @@ def test_a_removed_layer_leaves_the_full_networks_initial_weights(towers, name):
 
 def test_remove_only_a_middle_layer():
     with pytest.raises(InputError, match="middle"):
-        build_model("paper", 10, remove="conv2")
+        build_model(NetworkRecord.of("paper", 10, remove="conv2"))
     with pytest.raises(InputError, match="owt"):
-        build_model("owt", 10, remove="conv4")
+        build_model(NetworkRecord.of("owt", 10, remove="conv4"))
 
 
 class PaperDropout(torch.nn.Module):
@@ -81,7 +82,7 @@ class PaperDropout(torch.nn.Module):
 
 def test_paper_dropout_is_pytorchs_with_the_next_layers_weights_scaled():
     torch.manual_seed(0)
-    ours = build_model("paper", 10, init="torchvision", width=0.125, crop=67)  # PyTorch's inverted dropout
+    ours = build_model(NetworkRecord.of("paper", 10, width=0.125, crop=67), "torchvision")  # PyTorch's inverted dropout
     paper = copy.deepcopy(ours)
     paper.dropout = PaperDropout(0.5)
     with torch.no_grad():  # the layers after a dropout see inputs half as large: their weights twice as large

@@ -11,7 +11,7 @@ from conftest import photo_store
 
 from alexnet.data.augment import ten_crop, train_batch
 from alexnet.data.stats import Recipe
-from alexnet.model import build_model
+from alexnet.record import NetworkRecord, build_model
 from alexnet.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
@@ -37,7 +37,7 @@ def test_gpu_batches_equal_cpu_batches():
 
 def test_model_forward_and_gradients_on_the_gpu_match_the_cpu():
     torch.manual_seed(0)
-    model = build_model("paper", 10, init="caffe")
+    model = build_model(NetworkRecord.of("paper", 10), "caffe")
     x, y = torch.randn(8, 3, 224, 224), torch.arange(8)
     outputs, grads = [], []
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # the GPU in full float32

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -110,7 +111,7 @@ def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, foreign)
     one_line_error(capsys, ["predict", str(foreign), Store(store).split("val").files[0]], "not an alexnet checkpoint")
     state = checkpoint.load(paths[0])
-    state["arch"] = "owt"  # weights of `paper` labelled as another architecture
+    state["network"] = dataclasses.replace(state["network"], arch="owt", lrn="none")  # `paper`'s weights as another
     checkpoint.save(tmp_path / "mislabelled.pt", {k: v for k, v in state.items() if k not in ("format", "path")})
     one_line_error(capsys, ["eval", str(tmp_path / "mislabelled.pt"), "--data", str(store)],
                    "do not fit a 'owt' network")

@@ -2,6 +2,7 @@
 in and `owt` back out to torchvision, and torch.hub."""
 
 import copy
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -28,8 +29,9 @@ from alexnet.export import check, export, read_metadata
 from alexnet.features import extract_features
 from alexnet.inference import load_network
 from alexnet.lrn import FORMULAS
-from alexnet.model import ARCHS, build_model
+from alexnet.model import ARCHS, architecture_lrn
 from alexnet.neighbors import find_neighbors
+from alexnet.record import NetworkRecord, build_model
 from alexnet.train import TrainConfig, Trainer, open_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +47,11 @@ def ckpts(tmp_path_factory):
     snapshot = Trainer(cfg, open_data(cfg), out).snapshot()
     snapshot["measured"] = {"data": "the built-in photos", "split": "val", "crops": 1, "images": 200,
                             "top1_error": 0.5, "top5_error": 0.25}
-    paths = {}
+    paths, trained = {}, snapshot["network"]
     for arch in ARCHS:
-        model = build_model(arch, len(snapshot["classes"]))
+        record = dataclasses.replace(trained, arch=arch, lrn=architecture_lrn(arch))
         paths[arch] = out / f"{arch}.pt"
-        checkpoint.save(paths[arch], {**snapshot, "arch": arch, "lrn": None, "model": model.state_dict()})
+        checkpoint.save(paths[arch], {**snapshot, "network": record, "model": build_model(record).state_dict()})
     yield paths
     shutil.rmtree(out)  # about 1 GB: freed when the module is done
 
@@ -80,16 +82,16 @@ def test_onnx_of_every_variant_agrees_with_pytorch(ckpts, arch, tmp_path):
 def test_safetensors_loads_back_strictly_with_identical_logits(ckpts, tmp_path):
     out = tmp_path / "paper.safetensors"
     meta = export(ckpts["paper"], out)
-    model = build_model(meta["arch"], len(meta["classes"]), lrn=meta["lrn"])
+    model = build_model(NetworkRecord.of(meta["arch"], len(meta["classes"]), lrn=meta["lrn"]))
     model.load_state_dict(load_file(out), strict=True)
     original, loaded = checkpoint.load(ckpts["paper"]), checkpoint.load(out)
-    x = center_crop(torch.from_numpy(preprocess(PHOTO))[None], checkpoint.recipe_from(original), original["crop"])
+    x = center_crop(torch.from_numpy(preprocess(PHOTO))[None], original["network"].recipe, original["network"].crop)
     with torch.no_grad():
         logits = checkpoint.model_from(original)(x)
         assert torch.equal(model.eval()(x), logits) and torch.equal(checkpoint.model_from(loaded)(x), logits)
-    assert torch.equal(loaded["recipe"]["mean"], original["recipe"]["mean"])  # the mean image itself
-    expected = {**{k: original[k] for k in checkpoint.WEIGHTS_INFO}, "lrn": "paper"}  # the formula by its name
-    assert {k: loaded[k] for k in checkpoint.WEIGHTS_INFO} == expected
+    assert torch.equal(loaded["network"].recipe.mean, original["network"].recipe.mean)  # the mean image itself
+    assert loaded["network"].to_json() == original["network"].to_json()  # the mean image itself, the formula
+    assert (loaded["config"], loaded["measured"]) == (original["config"], original["measured"])
     assert meta["preprocessing"]["mean_image"] and meta["preprocessing"]["std"] == [pytest.approx(1 / 255)] * 3
     agreement = check(ckpts["paper"], out)
     assert (agreement.images, agreement.max_logit_diff, agreement.top5_same) == (200, 0.0, 200)
@@ -247,7 +249,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_wei
     export(trained, weights_file, "safetensors")
     one_line_error(capsys, ["export", str(weights_file), str(weights_file), "--format", "safetensors"],
                    "is the checkpoint being exported")
-    assert checkpoint.load(trained)["arch"] == checkpoint.load(weights_file)["arch"] == "owt"
+    assert checkpoint.load(trained)["network"].arch == checkpoint.load(weights_file)["network"].arch == "owt"
     export(trained, tmp_path / "a.onnx")
     one_line_error(capsys, ["predict", str(tmp_path / "a.onnx"), str(PHOTO)], "is an exported onnx file")
     one_line_error(capsys, ["predict", str(tmp_path), str(PHOTO)], "is a folder but not a run folder")

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 import torchvision
 
 from alexnet.cli import main
-from alexnet.model import ARCHS, build_model, init_weights
+from alexnet.model import ARCHS, init_weights
+from alexnet.record import NetworkRecord, build_model
 from alexnet.summary import layer_table
 
 # docs/paper.md#the-layers: (output shape, parameters) of each learned layer of `paper`
@@ -23,7 +24,7 @@ TOTALS = {"paper": 60_965_224, "paper-1tower": 62_378_344, "owt": 61_100_840, "h
 
 def meta_model(arch: str, classes: int = 1000):
     with torch.device("meta"):
-        return build_model(arch, classes)
+        return build_model(NetworkRecord.of(arch, classes))
 
 
 @pytest.mark.parametrize("size", [227, 224])
@@ -66,7 +67,7 @@ def test_owt_multiply_adds_match_spec():
 
 
 def test_towers_see_only_their_own_maps():
-    model = build_model("paper").eval()
+    model = build_model(NetworkRecord.of("paper")).eval()
     x = torch.randn(1, 96, 27, 27)
     y = model.conv2(x)
     x[:, :48] += 1.0  # change tower one's input maps only
@@ -77,7 +78,7 @@ def test_towers_see_only_their_own_maps():
 
 def test_224_input_is_padded_right_and_bottom_by_three():
     torch.manual_seed(0)
-    model = build_model("paper", num_classes=10).eval()
+    model = build_model(NetworkRecord.of("paper", classes=10)).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(model(x), model(F.pad(x, (0, 3, 0, 3))), atol=1e-6)
@@ -86,13 +87,13 @@ def test_224_input_is_padded_right_and_bottom_by_three():
 @pytest.mark.parametrize("shape", [(2, 3, 200, 200), (2, 1, 227, 227), (3, 227, 227)])
 def test_wrong_input_names_what_was_expected(shape):
     with pytest.raises(ValueError, match=r"\(N, 3, 227, 227\) or \(N, 3, 224, 224\)"):
-        build_model("paper", num_classes=10)(torch.zeros(shape))
+        build_model(NetworkRecord.of("paper", classes=10))(torch.zeros(shape))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_any_number_of_classes_and_fc7(arch):
     torch.manual_seed(0)
-    model = build_model(arch, num_classes=7).eval()
+    model = build_model(NetworkRecord.of(arch, classes=7)).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         logits, fc7 = model(x), model.forward_fc7(x)
@@ -101,16 +102,16 @@ def test_any_number_of_classes_and_fc7(arch):
 
 
 def test_conv1_kernels_per_tower():
-    model = build_model("paper")
+    model = build_model(NetworkRecord.of("paper"))
     towers = model.conv1_towers()
     assert [t.shape for t in towers] == [(48, 3, 11, 11)] * 2
     assert torch.equal(torch.cat(towers), model.conv1.weight)
-    assert [t.shape for t in build_model("owt").conv1_towers()] == [(64, 3, 11, 11)]
+    assert [t.shape for t in build_model(NetworkRecord.of("owt")).conv1_towers()] == [(64, 3, 11, 11)]
 
 
 def test_paper_initialization_statistics():
     torch.manual_seed(0)
-    layers = build_model("paper").layers()
+    layers = build_model(NetworkRecord.of("paper")).layers()
     for name, layer in layers.items():
         if layer.weight.numel() > 300_000:
             assert layer.weight.std().item() == pytest.approx(0.01, rel=0.05), name
@@ -121,7 +122,7 @@ def test_paper_initialization_statistics():
 
 def test_caffe_initialization_statistics():
     torch.manual_seed(0)
-    model = build_model("paper")
+    model = build_model(NetworkRecord.of("paper"))
     init_weights(model, "caffe")
     layers = model.layers()
     assert layers["fc6"].weight.std().item() == pytest.approx(0.005, rel=0.05)
@@ -132,9 +133,9 @@ def test_caffe_initialization_statistics():
 
 def test_centered_initialization_statistics():
     torch.manual_seed(0)
-    pytorch = build_model("paper", num_classes=10, init="torchvision").layers()
+    pytorch = build_model(NetworkRecord.of("paper", classes=10), "torchvision").layers()
     torch.manual_seed(0)
-    layers = build_model("paper", num_classes=10, init="centered").layers()
+    layers = build_model(NetworkRecord.of("paper", classes=10), "centered").layers()
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):  # PyTorch's default, draw for draw
         assert torch.equal(layers[name].weight, pytorch[name].weight) and torch.equal(layers[name].bias,
                                                                                      pytorch[name].bias), name
@@ -149,7 +150,7 @@ def test_centered_initialization_statistics():
 def test_same_seed_same_weights():
     def weights(seed):
         torch.manual_seed(seed)
-        return build_model("paper", num_classes=10).state_dict()
+        return build_model(NetworkRecord.of("paper", classes=10)).state_dict()
 
     a, b, c = weights(1), weights(1), weights(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -159,7 +160,7 @@ def test_same_seed_same_weights():
 def test_owt_matches_torchvision():
     torch.manual_seed(0)
     reference = torchvision.models.alexnet(num_classes=1000).eval()
-    ours = build_model("owt").eval()
+    ours = build_model(NetworkRecord.of("owt")).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -174,8 +175,8 @@ def test_caffenet_pools_before_lrn():
 
 def test_unknown_choices_are_rejected():
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_model("vgg")
+        build_model(NetworkRecord.of("vgg"))
     with pytest.raises(ValueError, match="unknown LRN"):
-        build_model("paper", lrn="fancy")
+        build_model(NetworkRecord.of("paper", lrn="fancy"))
     with pytest.raises(ValueError, match="no LRN"):
-        build_model("owt", lrn="paper")
+        build_model(NetworkRecord.of("owt", lrn="paper"))

@@ -19,8 +19,8 @@ import alexnet.train
 from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.errors import InputError
-from alexnet.model import build_model
 from alexnet.optim import PaperSGD
+from alexnet.record import NetworkRecord, build_model
 from alexnet.towers import Tower, place
 from alexnet.train import TrainConfig, train
 
@@ -53,7 +53,7 @@ def one_step(model: torch.nn.Module, batch: Path) -> tuple[torch.Tensor, torch.T
 
 def whole_network() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model("paper", CLASSES, width=0.25).to(memory_format=torch.channels_last)
+    return build_model(NetworkRecord.of("paper", CLASSES, width=0.25)).to(memory_format=torch.channels_last)
 
 
 def error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -153,7 +153,7 @@ def test_a_pair_trains_as_one_process_step_by_step_and_either_resumes_the_other(
     a, b = (checkpoint.load(tmp_path / name / "last.pt") for name in ("one", "towers"))
     assert list(a["model"]) == list(b["model"]) and b["config"]["parallel"] == "towers"
     torch.manual_seed(0)  # the runs' initial weights: the trainer seeds, then builds
-    init = build_model("paper", 4, init="centered", width=0.25).state_dict()
+    init = build_model(NetworkRecord.of("paper", 4, width=0.25), "centered").state_dict()
     for name, value in a["model"].items():
         moved = value - init[name]
         assert 0 < moved.abs().max() < 5e-3, name  # those are the initial weights: three steps move them little

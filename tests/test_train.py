@@ -18,7 +18,7 @@ from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.data.store import prepare
 from alexnet.errors import InputError
-from alexnet.model import build_model
+from alexnet.record import NetworkRecord, build_model
 from alexnet.train import DeadGuard, DivergedError, TrainConfig, train
 
 
@@ -66,7 +66,7 @@ def test_the_defaults_learn_on_the_built_in_photos_within_two_epochs_and_fill_th
     assert list((run_dir / "tb").iterdir())
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3
     state = torch.load(run_dir / "last.pt", weights_only=True)  # nothing unpickled as arbitrary objects
-    assert state["epoch"] == 2 and state["arch"] == "paper" and len(state["classes"]) == 10
+    assert state["epoch"] == 2 and state["network"].arch == "paper" and len(state["network"].classes) == 10
     # the errors measured on these weights, the last epoch's: what an export records as the run's accuracy
     last = {"top1_error": rows[-1]["val_top1"], "top5_error": rows[-1]["val_top5"], "images": rows[-1]["val_images"]}
     assert {k: state["measured"][k] for k in last} == last and state["measured"]["data"].startswith("the built-in")
@@ -186,7 +186,7 @@ def test_the_order_option_reaches_the_training_batches(store, tmp_path):
 
 def test_a_clipped_step_moves_the_weights_by_at_most_lr_times_the_clip(store, tmp_path):
     torch.manual_seed(0)
-    before = build_model("paper", 4, init="centered", width=0.25).state_dict()
+    before = build_model(NetworkRecord.of("paper", 4, width=0.25), "centered").state_dict()
     moved = {}
     for clip in (0.1, 0.0):  # §5's first step: w ← w − lr·(0.0005·w + g), g scaled to norm `clip` where longer
         run_dir = train(config(store, tmp_path, name=f"clip{clip}", clip=clip, max_steps=1, dropout=0.0, width=0.25,
