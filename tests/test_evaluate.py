@@ -93,7 +93,7 @@ def test_predict_prints_top5_names_with_probabilities(store, checkpoints, capsys
     probs = [c["probability"] for c in entry["top5"]]
     assert len(probs) == 4  # four classes in this set: the top-5 is all of them
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
-    assert {c["class"] for c in entry["top5"]} == set(checkpoint.load(paths[0])["names"])
+    assert {c["class"] for c in entry["top5"]} == set(checkpoint.load(paths[0])["network"].names)
     text = cli(capsys, "predict", str(paths[0]), image, "--crops", "1").splitlines()
     assert text[0] == image and text[1].strip().endswith(entry["top5"][0]["class"])
 
