@@ -66,7 +66,7 @@ def test_the_defaults_learn_on_the_built_in_photos_within_two_epochs_and_fill_th
     assert list((run_dir / "tb").iterdir())
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3
     state = torch.load(run_dir / "last.pt", weights_only=True)  # nothing unpickled as arbitrary objects
-    assert state["epoch"] == 2 and state["network"].arch == "paper" and len(state["network"].classes) == 10
+    assert state["epoch"] == 2 and state["network"]["arch"] == "paper" and len(state["network"]["classes"]) == 10
     # the errors measured on these weights, the last epoch's: what an export records as the run's accuracy
     last = {"top1_error": rows[-1]["val_top1"], "top5_error": rows[-1]["val_top5"], "images": rows[-1]["val_images"]}
     assert {k: state["measured"][k] for k in last} == last and state["measured"]["data"].startswith("the built-in")
