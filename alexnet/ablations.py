@@ -35,13 +35,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import TrainConfig
 from .errors import InputError
 from .experiments import epochs_to_reach
 from .files import atomic_write, write_json, write_text
+from .final_evaluation import final_evaluation
 from .options import COUNT, RATE, SIZE, check, option
+from .run_folder import LAST, METRICS
 from .runtime import PRECISIONS, machine
 from .spread import describe, paired, spread
-from .train import TrainConfig, final_evaluation, train
+from .train import train
 from .words import count
 
 SCALES = {  # the settings that --full changes: the default CPU scale, and the paper's
@@ -172,10 +175,10 @@ def trained(cfg: TrainConfig, ten_crops: bool) -> dict:
         write_json(done, {"wall_seconds": time.monotonic() - started})
     record = json.loads(done.read_text())
     if ten_crops and "ten_top1" not in record:  # §4.1: the same final weights, one patch against ten
-        errors = final_evaluation(run / "last.pt")
+        errors = final_evaluation(run / LAST)
         record.update(ten_top1=errors[10].top1, ten_top5=errors[10].top5)
         write_json(done, record)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
     return {"run": str(run), **record, "epochs": {k: [r[k] for r in rows] for k in RECORDED}}
 
 

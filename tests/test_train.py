@@ -13,13 +13,16 @@ from conftest import kill_when, photo_folder
 from PIL import Image
 
 import alexnet.cli
+import alexnet.config
 import alexnet.train
 from alexnet import checkpoint
 from alexnet.cli import main
+from alexnet.config import TrainConfig
 from alexnet.data.store import prepare
+from alexnet.divergence import DeadGuard, DivergedError
 from alexnet.errors import InputError
 from alexnet.model import build_model
-from alexnet.train import DeadGuard, DivergedError, TrainConfig, train
+from alexnet.train import train
 
 
 def alexnet_cmd(*args: str, world: int = 1) -> list[str]:
@@ -208,9 +211,9 @@ def test_few_classes_get_the_clip_and_a_run_from_before_the_options_resumes_as_i
     state = checkpoint.load(run_dir / "last.pt")
     for name in ("clip", "order"):  # a checkpoint saved before these options existed
         del state["config"][name]
-    old = alexnet.train.saved_config(state)
+    old = alexnet.config.saved_config(state)
     assert (old.clip, old.order) == (0.0, "shuffled")
-    assert [alexnet.train.default_clip(n)[0] for n in (2, 999, 1000, 21841)] == [5.0, 5.0, 0.0, 0.0]
+    assert [alexnet.config.default_clip(n)[0] for n in (2, 999, 1000, 21841)] == [5.0, 5.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize(("option", "value", "accepts"), [
