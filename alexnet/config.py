@@ -141,13 +141,15 @@ def saved_config(state: dict) -> TrainConfig:
     return TrainConfig(**{**BEFORE, **saved})
 
 
-def resume_config(request: TrainConfig, state: dict) -> TrainConfig:
-    """The configuration of a run resumed from the checkpoint `state`: its own, with the changes that `request`
-    may make. InputError where the checkpoint is not a run's, or the run has nothing left to train."""
+def resume_config(request: TrainConfig, state: dict) -> tuple[TrainConfig, int]:
+    """The configuration of a run resumed from the checkpoint `state` (its own, with the changes that `request`
+    may make) and the epochs it trains in all: --epochs where given, else the run's own (under a budget, the
+    epochs that fitted). InputError where the checkpoint is not a run's, or the run has nothing left to train."""
     if "optimizer" not in state:  # a weights file, an import
         raise InputError(f"{state['path']} holds a network's weights only; --resume takes a run's {LAST}")
     cfg = resumed(request, saved_config(state))
-    epochs, steps = cfg.epochs, state["total_steps"]
+    # a checkpoint without planned_epochs kept a budget's plan in its configuration's epochs
+    epochs, steps = request.epochs or state.get("planned_epochs", cfg.epochs), state["total_steps"]
     if epochs <= state["epoch"] and request.epochs is None:
         raise InputError(f"the run has trained all its {count(epochs, 'epoch')}; give --epochs N above "
                          f"{epochs} to train longer")
@@ -157,4 +159,4 @@ def resume_config(request: TrainConfig, state: dict) -> TrainConfig:
     if cfg.max_steps and cfg.max_steps <= steps:
         raise InputError(f"--max-steps {cfg.max_steps}: the run has made {count(steps, 'step')} already; "
                          "give more")
-    return cfg
+    return cfg, epochs

@@ -30,7 +30,7 @@ from .data.store import Store
 from .divergence import DeadGuard, DivergedError
 from .errors import InputError
 from .evaluate import evaluate
-from .files import link_or_copy, write_json
+from .files import link_or_copy
 from .inference import Network
 from .model import build_model
 from .optim import Schedule, build_optimizer
@@ -50,10 +50,10 @@ def train(cfg: TrainConfig) -> Path:
     started = time.monotonic()  # a budget counts everything from here: the built-in store, the kernels' build
     rank, world, local_rank = distributed.start()
     try:
-        state = None
+        state = epochs = None
         if cfg.resume:
             state = checkpoint.load(Path(cfg.resume) / run_folder.LAST if Path(cfg.resume).is_dir() else cfg.resume)
-            cfg, run_path = resume_config(cfg, state), Path(state["path"]).parent
+            (cfg, epochs), run_path = resume_config(cfg, state), Path(state["path"]).parent
         else:
             run_path = _new_run_path(cfg, world, local_rank)
         device = choose_device(cfg.device)
@@ -62,7 +62,7 @@ def train(cfg: TrainConfig) -> Path:
             trainer = Trainer(cfg, open_data(cfg, rank, world, pair), run_path, rank, world, local_rank, started,
                               pair)
             if state is not None:
-                trainer.restore(state)
+                trainer.restore(state, epochs)
             folder = trainer.run()
         if world > 1:
             # DDP keeps the process group, and gloo's worker threads, alive until the process exits. A worker
@@ -185,7 +185,8 @@ class Trainer:
             self.model = Tower(self.model, pair)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
                                          cfg.weight_decay)
-        self.schedule = schedule_of(cfg, cfg.epochs, len(data.train))
+        self.epochs = cfg.epochs  # the epochs the run trains: under a budget, at most these until `plan` fits them
+        self.schedule = schedule_of(cfg, self.epochs, len(data.train))
         self.recipe = data.recipe.to(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch, self.step, self.total_steps, self.best = 0, 0, 0, math.inf
@@ -194,7 +195,7 @@ class Trainer:
         self.alive = torch.zeros((), dtype=torch.float64, device=self.device)  # fc7 units that fired, last batch
         self.model.layers()["fc7"].register_forward_hook(self._count_alive)
         self.started = time.monotonic() if started is None else started  # the clock of --minutes
-        self.planned = cfg.minutes is None  # whether the number of epochs is final (see plan)
+        self.planned = cfg.minutes is None  # whether self.epochs is final (see plan)
         self.measured: dict | None = None  # the validation errors of the weights as they are (see snapshot)
 
     def _seconds(self, precision: str) -> float:
@@ -218,8 +219,9 @@ class Trainer:
         """A forward hook on fc7: the fraction of its units that fire (before the ReLU: > 0) for some image."""
         self.alive = (out.detach() > 0).any(0).double().mean()
 
-    def restore(self, state: dict) -> None:
-        """Continue from a checkpoint: weights, optimizer, schedule state, random state, position in the epoch."""
+    def restore(self, state: dict, epochs: int) -> None:
+        """Continue from a checkpoint (weights, optimizer, schedule state, random state, position in the epoch) for
+        `epochs` epochs in all (config.resume_config)."""
         if state["classes"] != self.data.classes:
             raise InputError(f"{state['path']} was trained on other classes than {self.data.description}")
         self.init_reason = self.clip_reason = "the run's own"  # not a choice of this command's
@@ -228,6 +230,8 @@ class Trainer:
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+        self.epochs = epochs
+        self.schedule = dataclasses.replace(self.schedule, epochs=epochs)
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step, self.total_steps, self.best = (state[k] for k in ("epoch", "step", "total_steps",
                                                                                     "best"))
@@ -254,7 +258,8 @@ class Trainer:
                 "optimizer": optimizer, "schedule": self.schedule.state_dict(),
                 "epoch": self.epoch, "step": self.step, "total_steps": self.total_steps, "best": self.best,
                 "measured": self.measured,
-                "sums": list(self.sums), "planned": self.planned, "rng": torch.get_rng_state(),
+                "sums": list(self.sums), "planned": self.planned, "planned_epochs": self.epochs,
+                "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
 
     def save(self, best: bool = False) -> None:
@@ -279,25 +284,22 @@ class Trainer:
     def plan(self, epoch_seconds: float, validation_seconds: float) -> None:
         """--minutes: from the first epoch's time, as many epochs as fit in what is left of the budget after
         the final evaluation (the centre crop and the ten patches: about 11 validation passes), at most
-        --epochs; the schedule is made again for them."""
+        --epochs; the schedule follows them. The number is the run's state (its checkpoints keep it), not its
+        configuration."""
         spent, epoch_seconds, validation_seconds = distributed.reduce(torch.tensor(
             [time.monotonic() - self.started, epoch_seconds, validation_seconds], dtype=torch.float64),
             dist.ReduceOp.MAX).tolist()  # every process decides the same
         left = 60 * self.cfg.minutes - spent - 11 * validation_seconds
-        epochs = min(self.cfg.epochs, self.epoch + max(0, int(left // epoch_seconds)))  # those done, then more
-        self.cfg = dataclasses.replace(self.cfg, epochs=epochs)
-        state = self.schedule.state_dict()
-        self.schedule = schedule_of(self.cfg, self.cfg.epochs, len(self.data.train))
-        self.schedule.load_state_dict(state)
+        self.epochs = min(self.cfg.epochs, self.epoch + max(0, int(left // epoch_seconds)))  # those done, then more
+        self.schedule = dataclasses.replace(self.schedule, epochs=self.epochs)
         self.planned = True
         if self.rank == 0:
-            write_json(self.run_path / run_folder.CONFIG, dataclasses.asdict(self.cfg))
             print(f"--minutes {self.cfg.minutes:g}: {spent:.0f} s for the first epoch and all before it, "
-                  f"{epoch_seconds:.0f} s an epoch; {count(epochs, 'epoch')} fit", flush=True)
+                  f"{epoch_seconds:.0f} s an epoch; {count(self.epochs, 'epoch')} fit", flush=True)
 
     def done(self) -> bool:
         """Whether the run has reached its epochs or its step limit."""
-        return self.epoch >= self.cfg.epochs or bool(self.cfg.max_steps and self.total_steps >= self.cfg.max_steps)
+        return self.epoch >= self.epochs or bool(self.cfg.max_steps and self.total_steps >= self.cfg.max_steps)
 
     def run(self) -> Path:
         """Train epoch after epoch until done; returns the run folder."""
@@ -351,7 +353,7 @@ class Trainer:
                         self.save()
                 if self.rank == 0:
                     note = " (learning rate divided by 10)" if dropped else ""
-                    print(f"epoch {self.epoch}/{self.cfg.epochs}: train loss {row['train_loss']:.3f}, top-1 error "
+                    print(f"epoch {self.epoch}/{self.epochs}: train loss {row['train_loss']:.3f}, top-1 error "
                           f"{100 * row['train_top1']:.1f}%; val loss {val.loss:.3f}, top-1 {100 * val.top1:.1f}%, "
                           f"top-5 {100 * val.top5:.1f}%; lr {lr:.2g}; {row['images_per_s']:.0f} img/s{note}",
                           flush=True)
@@ -374,7 +376,7 @@ class Trainer:
         unread = torch.zeros(5, dtype=torch.float64, device=self.device)
         steps = 0  # in `unread`
         bar = tqdm(total=len(data.train), initial=self.step, desc=f"epoch {self.epoch + 1}/"
-                   f"{cfg.epochs if self.planned else '?'}",
+                   f"{self.epochs if self.planned else '?'}",
                    unit="batch", disable=not cfg.progress or self.rank != 0, leave=False, dynamic_ncols=True)
         for images, labels, indices in data.train.epoch(self.epoch, start=self.step):
             lr = self.schedule.rate(self.epoch + self.step / len(data.train))
