@@ -2,7 +2,8 @@
 
 train() opens the data and runs a Trainer, which resolves the configuration (config.py) and trains epoch after
 epoch into a run folder (run_folder.py). A checkpoint holds the weights, the optimizer, the schedule's state, the
-random state and the position in the epoch, so that `--resume RUN` continues exactly where RUN stopped.
+random state, the position in the epoch and the epochs the run trains, so that `--resume RUN` continues exactly
+where RUN stopped.
 """
 
 import copy
