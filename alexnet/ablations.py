@@ -35,13 +35,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import TrainConfig
 from .errors import InputError
 from .experiments import epochs_to_reach
-from .files import atomic_write, write_json, write_text
+from .files import write_json, write_text
+from .final_evaluation import final_evaluation
 from .options import COUNT, RATE, SIZE, check, option
+from .report import error_curves, results_text
+from .run_folder import LAST, METRICS
 from .runtime import PRECISIONS, machine
-from .spread import describe, paired, spread
-from .train import TrainConfig, final_evaluation, train
+from .spread import paired, spread
+from .train import train
 from .words import count
 
 SCALES = {  # the settings that --full changes: the default CPU scale, and the paper's
@@ -172,10 +176,10 @@ def trained(cfg: TrainConfig, ten_crops: bool) -> dict:
         write_json(done, {"wall_seconds": time.monotonic() - started})
     record = json.loads(done.read_text())
     if ten_crops and "ten_top1" not in record:  # §4.1: the same final weights, one patch against ten
-        errors = final_evaluation(run / "last.pt")
+        errors = final_evaluation(run / LAST)
         record.update(ten_top1=errors[10].top1, ten_top5=errors[10].top5)
         write_json(done, record)
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
     return {"run": str(run), **record, "epochs": {k: [r[k] for r in rows] for k in RECORDED}}
 
 
@@ -249,18 +253,16 @@ def convergence(records: dict[str, list[dict]]) -> dict:
 
 
 def report(results: dict) -> str:
-    """The results as a few lines of text: each variant's errors, then each claim's difference."""
-    rows = [f"{'variant':<24} {'val top-1':>18} {'train top-1':>18}"]
-    for label, v in results["variants"].items():
-        rows.append(f"{label:<24} " + " ".join(f"{_range(v[k]):>18}" for k in ("val_top1", "train_top1")))
-    for c in results["claims"]:
-        rows.append(f"{c['what']}: {describe(c)}")
+    """The results as a few lines of text (report.results_text): each variant's errors, then each claim's
+    difference."""
+    table = {label: {"val top-1": _range(v["val_top1"]), "train top-1": _range(v["train_top1"])}
+             for label, v in results["variants"].items()}
+    notes = []
     if results.get("converge", {}).get("ratio"):
         ratio = results["converge"]["ratio"]
-        rows.append(f"epochs to the training error that dropout ends at, with / without dropout: "
-                    f"{ratio['mean']:.2f} (range {ratio['min']:.2f} to {ratio['max']:.2f})")
-    rows.append(f"over {count(results['seeds'], 'seed')}; paper: {results['paper']}")
-    return "\n".join(rows)
+        notes.append(f"epochs to the training error that dropout ends at, with / without dropout: "
+                     f"{ratio['mean']:.2f} (range {ratio['min']:.2f} to {ratio['max']:.2f})")
+    return results_text(table, results["claims"], notes, results["paper"], results["seeds"])
 
 
 def _range(s: dict) -> str:
@@ -280,34 +282,15 @@ def write_curves(path: Path, records: dict[str, list[dict]], first_seed: int = 0
 
 
 def plot(path: Path, study: Study, records: dict[str, list[dict]], settings: dict) -> None:
-    """Validation (solid) and training (dashed) top-1 error against epochs: the mean over seeds, shaded from the
-    lowest to the highest; the ten patches' final error as a point with its range. A 640×480 PNG."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for (label, runs), colour in zip(records.items(), ("C0", "C1", "C2", "C3"), strict=False):
-        for key, style in (("val_top1", "-"), ("train_top1", "--")):
-            errors = np.array([r["epochs"][key] for r in runs])
-            epochs = np.arange(1, errors.shape[1] + 1)
-            ax.plot(epochs, errors.mean(0), style, color=colour,
-                    label=f"{label}, {'validation' if key == 'val_top1' else 'training'}")
-            ax.fill_between(epochs, errors.min(0), errors.max(0), color=colour, alpha=0.15, linewidth=0)
-        if study.ten_crops:
-            ten = np.array([r["ten_top1"] for r in runs])
-            ax.errorbar([epochs[-1] + 0.3], [ten.mean()], yerr=[[ten.mean() - ten.min()], [ten.max() - ten.mean()]],
-                        fmt="D", color="C3", capsize=3, label=f"{label}, validation, ten patches")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epochs")
-    ax.set_ylabel("top-1 error rate")
+    """Validation (solid) and training (dashed) top-1 error against epochs over the seeds; the ten patches' final
+    error as a point. A 640×480 PNG (report.error_curves)."""
+    colours = dict(zip(records, ("C0", "C1", "C2", "C3"), strict=False))
+    lines = [(f"{label}, {name}", colours[label], style, [r["epochs"][key] for r in runs])
+             for label, runs in records.items()
+             for key, name, style in (("val_top1", "validation", "-"), ("train_top1", "training", "--"))]
+    points = [(f"{label}, validation, ten patches", "C3", [r["ten_top1"] for r in runs])
+              for label, runs in records.items()] if study.ten_crops else []
     scale = "the paper's" if settings["width"] == 1 else f"{settings['width']:g} of the paper's"
-    ax.set_title(f"{study.title}: AlexNet, {scale} kernels, {settings['crop']}² crops,\n"
-                 f"mean and range over {count(len(next(iter(records.values()))), 'seed')}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    title = (f"{study.title}: AlexNet, {scale} kernels, {settings['crop']}² crops,\n"
+             f"mean and range over {count(len(next(iter(records.values()))), 'seed')}")
+    error_curves(path, title, "top-1 error rate", lines, points)

@@ -21,6 +21,7 @@ from torch import nn
 from .errors import InputError
 from .files import atomic_write
 from .record import NetworkRecord, build_model
+from .run_folder import BEST, LAST
 
 FORMAT = "alexnet-checkpoint-2"  # 1: the network's record at the top level (record.VERSION 1)
 FORMATS_READ = ("alexnet-checkpoint-1", FORMAT)
@@ -52,7 +53,7 @@ def load(path: str | Path) -> dict:
     if path.is_dir():
         path = of_run(path)
         if not path.is_file():
-            raise InputError(f"{path.parent} is a folder but not a run folder (no last.pt or best.pt in it)")
+            raise InputError(f"{path.parent} is a folder but not a run folder (no {LAST} or {BEST} in it)")
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
     if path.suffix in FORMATS and path.suffix != WEIGHTS_SUFFIX:
@@ -77,7 +78,7 @@ def load(path: str | Path) -> dict:
 
 def of_run(folder: Path) -> Path:
     """A run folder's checkpoint to use: best.pt, or last.pt where none is best yet (within the first epoch)."""
-    return folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+    return folder / BEST if (folder / BEST).is_file() else folder / LAST
 
 
 def first_words(err: Exception, most: int = 100) -> str:

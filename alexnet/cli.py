@@ -46,10 +46,13 @@ def _download(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from . import checkpoint
+    from .config import TrainConfig
     from .files import read_json
+    from .final_evaluation import final_evaluation
     from .options import from_args
+    from .run_folder import CONFIG
     from .runtime import tune_process
-    from .train import TrainConfig, final_evaluation, train
+    from .train import train
 
     cfg = from_args(TrainConfig, args)
     tune_process(cfg.device)
@@ -60,7 +63,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"evaluating {best} on the validation images ...", flush=True)
     for crops, errors in final_evaluation(best).items():
         print(f"  {'centre crop' if crops == 1 else 'ten crops  '}: {errors.line()}")
-    saved = read_json(run / "config.json")["data"]  # a resumed run's own, which its command line need not name
+    saved = read_json(run / CONFIG)["data"]  # a resumed run's own, which its command line need not name
     data = f" --data {saved}" if saved else ""
     hints = [(f"alexnet predict {best} IMAGE.jpg ...", "top-5 classes of your own photos"),
              (f"alexnet eval {best}{data} --crops 10", "the evaluation again (more checkpoints: an ensemble)"),
@@ -252,9 +255,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(run=_download)
 
+    from .config import TrainConfig
     from .options import add_options, resume_rules
     from .runtime import PRECISIONS
-    from .train import TrainConfig
 
     p = commands.add_parser("train", formatter_class=fmt, help="train with the paper's recipe (the main job)",
                             description="Train AlexNet with the paper's recipe (§5): SGD with momentum 0.9 and "
@@ -410,8 +413,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the subcommand. Bad input (InputError, or a file the system refuses to
     write) ends in one line on stderr and exit status 2; anything else is a bug and keeps its traceback."""
+    from .divergence import DivergedError
     from .errors import InputError
-    from .train import DivergedError
 
     args = _parser().parse_args(argv)
     command = " ".join(filter(None, (args.command, getattr(args, "experiment", None))))  # as argparse names it

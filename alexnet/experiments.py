@@ -13,7 +13,7 @@ its output folder:
                     between the variants seed by seed with a 95% interval and the seeds needed to tell it
                     from noise, and for relu-vs-tanh the ratio of epochs to 25%; the machine and wall time
     <name>.png      training error (relu-vs-tanh) or test error (lrn, pooling) against epochs, both variants,
-                    one line per seed
+                    mean and range over the seeds
 
 The network. The paper's "four-layer convolutional neural network" (Figure 1; §3.3 on CIFAR-10) is not
 specified further. We read it as Krizhevsky's own CIFAR-10 example for cuda-convnet, layers-18pct.cfg
@@ -52,16 +52,15 @@ from .files import atomic_write, cache_dir, write_json, write_text
 from .lrn import LRN
 from .optim import PaperSGD
 from .options import COUNT, SIZE, check, option
+from .report import error_curves, results_text
 from .runtime import machine
-from .spread import describe, paired, spread
+from .spread import paired, spread
 from .words import count
 
 TARGET_ERROR = 0.25  # Figure 1: the epochs each network needs to reach 25% training error
 SIDE = 32  # CIFAR-10 images are 32×32
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
-INITS = ("lecun", "paper")
-DEFAULT_CACHE = str(cache_dir()).replace(str(Path.home()), "~", 1)
-CORES = torch.get_num_threads()  # PyTorch's default: one thread per core
+FOUR_LAYER_INITS = ("lecun", "paper")
 
 
 class FourLayerNet(nn.Module):
@@ -90,10 +89,10 @@ class FourLayerNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def init_weights(net: nn.Module, scheme: str) -> None:
+def init_four_layer(net: nn.Module, scheme: str) -> None:
     """Biases 0; weights N(0, 0.01) ("paper", §5) or N(0, 1/fan-in) ("lecun", LeCun et al. 1998)."""
-    if scheme not in INITS:
-        raise InputError(f"unknown initialization {scheme!r}; expected one of {', '.join(INITS)}")
+    if scheme not in FOUR_LAYER_INITS:
+        raise InputError(f"unknown initialization {scheme!r}; expected one of {', '.join(FOUR_LAYER_INITS)}")
     for layer in net.modules():
         if isinstance(layer, nn.Conv2d | nn.Linear):
             std = 0.01 if scheme == "paper" else 1 / math.sqrt(layer.weight[0].numel())
@@ -102,7 +101,7 @@ def init_weights(net: nn.Module, scheme: str) -> None:
 
 
 @dataclass(frozen=True)
-class Variant:
+class FourLayerVariant:
     """One of the two networks an experiment compares, with its learning rate."""
 
     label: str
@@ -112,7 +111,7 @@ class Variant:
     pool: tuple[int, int] = (3, 2)
 
     def build(self, classes: int) -> FourLayerNet:
-        """The untrained network (initialize it with `init_weights`)."""
+        """The untrained network (initialize it with `init_four_layer`)."""
         return FourLayerNet(self.activation, self.lrn, self.pool, classes)
 
 
@@ -121,7 +120,7 @@ class Setup:
     """How one experiment trains its two variants."""
 
     title: str
-    variants: tuple[Variant, Variant]
+    variants: tuple[FourLayerVariant, FourLayerVariant]
     curve: str  # "train" or "test": the error the figure shows
     pixels: str  # "raw": mean image subtracted, 0-255 scale (§2); "unit": also divided by the pixel std
     init: str
@@ -149,7 +148,7 @@ class Setup:
 #     tanh    0.612  0.533  -      0.498  0.772  0.831
 RELU_VS_TANH = Setup(
     "ReLU vs tanh (Figure 1)",
-    (Variant("ReLU", lr=0.01, activation="relu"), Variant("tanh", lr=0.03, activation="tanh")),
+    (FourLayerVariant("ReLU", lr=0.01, activation="relu"), FourLayerVariant("tanh", lr=0.03, activation="tanh")),
     curve="train", pixels="unit", init="lecun",
     paper="ReLU reached 25% training error six times faster than tanh (Figure 1)")
 
@@ -172,14 +171,14 @@ RELU_VS_TANH = Setup(
 #     LRN, pool 2/2         -      0.582  -      0.563
 LRN_ABLATION = Setup(
     "LRN (§3.3)",
-    (Variant("with LRN", lr=0.003, lrn="paper"), Variant("without LRN", lr=0.003, lrn="none")),
+    (FourLayerVariant("with LRN", lr=0.003, lrn="paper"), FourLayerVariant("without LRN", lr=0.003, lrn="none")),
     curve="test", pixels="raw", init="paper", weight_decay=5e-4, flip=True, drop_at=0.75,
     paper="a four-layer CNN on CIFAR-10: 13% test error without LRN, 11% with it (§3.3)")
 
 POOLING_ABLATION = Setup(
     "overlapping pooling (§3.4)",
-    (Variant("pool 3/2 (overlapping)", lr=0.003, lrn="paper", pool=(3, 2)),
-     Variant("pool 2/2", lr=0.003, lrn="paper", pool=(2, 2))),
+    (FourLayerVariant("pool 3/2 (overlapping)", lr=0.003, lrn="paper", pool=(3, 2)),
+     FourLayerVariant("pool 2/2", lr=0.003, lrn="paper", pool=(2, 2))),
     curve="test", pixels="raw", init="paper", weight_decay=5e-4, flip=True, drop_at=0.75,
     paper="AlexNet on ImageNet: 0.4 / 0.3 points lower top-1 / top-5 error with 3/2 than with 2/2 (§3.4)")
 
@@ -210,10 +209,11 @@ class ExperimentConfig:
     seed: int = option(0, "seed of the initial weights, batch order and flips (the first, with --seeds)",
                        accepts=SIZE)
     seeds: int = option(3, "seeds SEED, SEED+1, ...: both variants trained once for each", accepts=COUNT)
-    cache: str = option(DEFAULT_CACHE, "folder for the decoded images (.npz)")
-    threads: int | None = option(None, f"CPU threads, or auto: {CORES} (one per core) or 1, whichever trains "
-                                       "faster, chosen again each epoch (on a busy machine 1 can be much faster) "
-                                       "(default: auto)", parse=_threads, accepts=COUNT)
+    cache: str | None = option(None, "folder for the decoded images (.npz); $XDG_CACHE_HOME/alexnet where that is "
+                                     "set (default: ~/.cache/alexnet)")
+    threads: int | None = option(None, "CPU threads, or auto: one per core or 1, whichever trains faster, chosen "
+                                       "again each epoch (on a busy machine 1 can be much faster) (default: auto)",
+                                 parse=_threads, accepts=COUNT)
     progress: bool = option(True, "no progress bars")
 
     def __post_init__(self):
@@ -221,7 +221,7 @@ class ExperimentConfig:
 
 
 @dataclass
-class Split:
+class CifarSplit:
     """One split of CIFAR-10 decoded into memory."""
 
     images: np.ndarray  # uint8 (N, 32, 32, 3)
@@ -257,9 +257,10 @@ def epochs_to_reach(errors: Sequence[float], target: float = TARGET_ERROR) -> fl
     return None
 
 
-def load_cifar(data: str | Path, cache: str | Path | None = DEFAULT_CACHE,
-               progress: bool = True) -> tuple[Split, Split, list[str]]:
-    """The train and test (or val) splits of `data` as uint8 arrays, decoded once and cached in `cache`."""
+def load_cifar(data: str | Path, cache: str | Path | None,
+               progress: bool = True) -> tuple[CifarSplit, CifarSplit, list[str]]:
+    """The train and test (or val) splits of `data` as uint8 arrays, decoded once and cached in `cache` (None: not
+    cached)."""
     root = Path(data).expanduser()
     if not root.is_dir():
         raise InputError(f"data folder not found: {root}")
@@ -277,8 +278,8 @@ def load_cifar(data: str | Path, cache: str | Path | None = DEFAULT_CACHE,
     if cached is not None and cached.is_file():
         try:
             with np.load(cached) as arrays:
-                return (Split(arrays["train_images"], arrays["train_labels"]),
-                        Split(arrays["test_images"], arrays["test_labels"]), train.classes)
+                return (CifarSplit(arrays["train_images"], arrays["train_labels"]),
+                        CifarSplit(arrays["test_images"], arrays["test_labels"]), train.classes)
         except (OSError, ValueError, KeyError):  # an unreadable cache is decoded again
             pass
     splits = _decode(train, "train", progress), _decode(test, test.root.name, progress)
@@ -303,7 +304,7 @@ def _test_list(root: Path, train: ImageList) -> ImageList:
     raise InputError(f"no test split: {root} has neither test/ nor val/ class folders")
 
 
-def _decode(images: ImageList, name: str, progress: bool) -> Split:
+def _decode(images: ImageList, name: str, progress: bool) -> CifarSplit:
     from tqdm import tqdm
 
     bad = BadFiles()
@@ -322,13 +323,13 @@ def _decode(images: ImageList, name: str, progress: bool) -> Split:
         print(f"{name}: {bad.summary()}")
     if not kept.any():
         raise InputError(f"no readable images in {images.root}")
-    return Split(out[kept], images.labels[kept])
+    return CifarSplit(out[kept], images.labels[kept])
 
 
 class _Inputs:
     """Turns uint8 images into a float batch, channels-last: minus the mean image (§2), optionally scaled."""
 
-    def __init__(self, train: Split, pixels: str):
+    def __init__(self, train: CifarSplit, pixels: str):
         stats = PixelStats.empty(SIDE, SIDE)
         stats.add(train.images)
         self.mean = torch.from_numpy(stats.mean_image()).float()  # §2: subtract the training set's mean image
@@ -351,12 +352,13 @@ class ThreadChooser:
     two threads trained 300-900 images/s where one thread trained 1,700 (and 3,000 when the machine was quiet).
     """
 
-    def __init__(self, threads: int | None, steps: int, trials: int = 6):
-        cores = CORES if threads is None else threads
-        auto = threads is None and cores > 1 and steps >= 10 * 2 * (trials + 1)
-        self.choices = (cores, 1) if auto else (cores,)
+    def __init__(self, threads: int | None, steps: int, trials: int = 6, cores: int | None = None):
+        """`cores`: the threads of one per core (default: PyTorch's count, which is that unless it was set)."""
+        most = threads or cores or torch.get_num_threads()
+        auto = threads is None and most > 1 and steps >= 10 * 2 * (trials + 1)
+        self.choices = (most, 1) if auto else (most,)
         self.trials = trials  # steps timed with each choice, after one to warm up
-        self.chosen = cores
+        self.chosen = most
         self.times: dict[int, list[float]] = {}
 
     def threads(self, step: int) -> int:
@@ -378,22 +380,24 @@ class ThreadChooser:
         return len(self.choices) > 1 and step < 2 * (self.trials + 1)
 
 
-def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inputs: _Inputs, classes: int,
-                  epochs: int, batch_size: int, seed: int, threads: int | None = None,
-                  progress: bool = True) -> Curve:
-    """Train one variant for `epochs`, recording its training and test error after every epoch."""
+def train_variant(variant: FourLayerVariant, setup: Setup, train: CifarSplit, test: CifarSplit, inputs: _Inputs,
+                  classes: int, epochs: int, batch_size: int, seed: int, threads: int | None = None,
+                  cores: int | None = None, progress: bool = True) -> Curve:
+    """Train one variant for `epochs`, recording its training and test error after every epoch (`threads`, `cores`:
+    see ThreadChooser)."""
+    # Its own loop, not train.Trainer's: the Trainer trains AlexNet on a store or image folder, not these arrays
     from tqdm import tqdm
 
     torch.manual_seed(seed)  # the same initial weights for both variants of an experiment
     net = variant.build(classes).to(memory_format=torch.channels_last)
-    init_weights(net, setup.init)
+    init_four_layer(net, setup.init)
     optimizer = PaperSGD(net.parameters(), lr=variant.lr, momentum=0.9, weight_decay=setup.weight_decay)
     drop = math.ceil(setup.drop_at * epochs)  # §5's division by 10, on a fixed epoch for both variants
     labels = torch.from_numpy(train.labels)
     curve = Curve(variant.label)
     n = len(labels)
     steps = -(-n // batch_size)
-    chooser = ThreadChooser(threads, steps)
+    chooser = ThreadChooser(threads, steps, cores=cores)
     for epoch in range(epochs):
         start = time.perf_counter()
         order = epoch_order(n, seed, epoch, shuffle=True)  # the same batches for both variants
@@ -436,7 +440,7 @@ def train_variant(variant: Variant, setup: Setup, train: Split, test: Split, inp
 
 
 @torch.inference_mode()
-def error_rate(net: nn.Module, split: Split, inputs: _Inputs, batch_size: int = 1000) -> float:
+def error_rate(net: nn.Module, split: CifarSplit, inputs: _Inputs, batch_size: int = 1000) -> float:
     """The fraction of the split's images whose top-scoring class is not their label."""
     net.eval()
     wrong = 0
@@ -452,24 +456,25 @@ def run_experiment(config: ExperimentConfig) -> dict:
         raise InputError(f"unknown experiment {config.experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
     setup = EXPERIMENTS[config.experiment]
     epochs = setup.epochs if config.epochs is None else config.epochs
-    train, test, classes = load_cifar(config.data, config.cache, config.progress)
+    cache = config.cache or str(cache_dir())
+    train, test, classes = load_cifar(config.data, cache, config.progress)
     out = Path(config.out or f"runs/experiments/{config.experiment}").expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**asdict(config), "epochs": epochs})
+    write_json(out / "config.json", {**asdict(config), "epochs": epochs, "cache": cache})
+    cores = torch.get_num_threads()  # one per core, unless the caller set it: the variants change it as they train
     print(f"{config.experiment}: {len(train.labels)} training and {len(test.labels)} test images, "
           f"{count(epochs, 'epoch')}, batch {config.batch_size}, "
           + (f"{count(config.threads, 'thread')}" if config.threads is not None
-             else f"{CORES} threads or 1, whichever is faster"))
+             else f"{cores} threads or 1, whichever is faster"))
     inputs = _Inputs(train, setup.pixels)
-    threads = torch.get_num_threads()
     where, started = machine(), time.monotonic()
     try:
         with torch.random.fork_rng(devices=[]):  # the seeds below leave the caller's generator alone
             runs = [[train_variant(variant, setup, train, test, inputs, len(classes), epochs, config.batch_size,
-                                   seed, config.threads, config.progress) for variant in setup.variants]
+                                   seed, config.threads, cores, config.progress) for variant in setup.variants]
                     for seed in range(config.seed, config.seed + config.seeds)]
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cores)
 
     write_curves(out / "curves.csv", runs, config.seed)
     results = {**summarize(config.experiment, runs), "machine": where, "wall_seconds": time.monotonic() - started}
@@ -523,59 +528,39 @@ def summarize(experiment: str, runs: list[list[Curve]]) -> dict:
 
 
 def report(experiment: str, results: dict) -> str:
-    """The results as a few lines of text: a table of errors, and Figure 1's ratio."""
-    rows = [f"{'variant':<24} {'test error':>10} {'best test':>10} {'train error':>11} {'images/s':>9}"]
-    for label, v in results["variants"].items():
-        rows.append(f"{label:<24} {v['final_test_error']:>10.2%} {v['best_test_error']:>10.2%} "
-                    f"{v['final_train_error']:>11.2%} {v['images_per_s']:>9.0f}")
+    """The results as a few lines of text (report.results_text): a table of errors, and Figure 1's ratio."""
+    table = {label: {"test error": f"{v['final_test_error']:.2%}", "best test": f"{v['best_test_error']:.2%}",
+                     "train error": f"{v['final_train_error']:.2%}", "images/s": f"{v['images_per_s']:.0f}"}
+             for label, v in results["variants"].items()}
+    notes = []
     if experiment == "relu-vs-tanh":
         (relu, a), (tanh, b) = ((label, v["epochs_to_25"]) for label, v in results["variants"].items())
         epochs = results["variants"][tanh]["epochs"]
         if a is not None and b is not None:
-            rows.append(f"epochs to 25% training error: {relu} {a:.1f}, {tanh} {b:.1f}: "
-                        f"{relu} {results['ratio']:.1f} times as fast")
+            notes.append(f"epochs to 25% training error: {relu} {a:.1f}, {tanh} {b:.1f}: "
+                         f"{relu} {results['ratio']:.1f} times as fast")
         elif a is not None:
-            rows.append(f"epochs to 25% training error: {relu} {a:.1f}, {tanh} not within {epochs}: "
-                        f"{relu} more than {epochs / a:.1f} times as fast")
+            notes.append(f"epochs to 25% training error: {relu} {a:.1f}, {tanh} not within {epochs}: "
+                         f"{relu} more than {epochs / a:.1f} times as fast")
         else:
-            rows.append(f"{relu} did not reach 25% training error within {count(epochs, 'epoch')}"
-                        + (f" ({tanh}: {b:.1f})" if b is not None else ", nor did " + tanh))
-    if "difference" in results:
-        d = results["difference"]
-        rows.append(f"{d['what']}: {describe(d)}")
+            notes.append(f"{relu} did not reach 25% training error within {count(epochs, 'epoch')}"
+                         + (f" ({tanh}: {b:.1f})" if b is not None else ", nor did " + tanh))
     if results.get("ratio_spread"):
         r = results["ratio_spread"]
-        rows.append(f"ratio of epochs to 25% over seeds: {r['mean']:.1f} (range {r['min']:.1f} to {r['max']:.1f})")
-    rows.append(f"paper: {results['paper']}")
-    return "\n".join(rows)
+        notes.append(f"ratio of epochs to 25% over seeds: {r['mean']:.1f} (range {r['min']:.1f} to {r['max']:.1f})")
+    differences = [results["difference"]] if "difference" in results else []
+    return results_text(table, differences, notes, results["paper"], results["seeds"])
 
 
 def plot(path: Path, setup: Setup, runs: list[list[Curve]]) -> None:
-    """Both variants' training or test error against epochs, one line per seed, as a 640×480 PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for seed, curves in enumerate(runs):
-        for c, style, colour in zip(curves, ("-", "--"), ("C0", "C1"), strict=True):  # Figure 1: ReLU solid
-            errors = c.train_error if setup.curve == "train" else c.test_error
-            ax.plot(range(1, len(errors) + 1), errors, style, color=colour, marker="o", markersize=3,
-                    label=c.label if seed == 0 else None, alpha=1 if len(runs) == 1 else 0.6)
-    curves = [c for cs in runs for c in cs]
-    if setup.curve == "train":
-        ax.axhline(TARGET_ERROR, color="gray", linestyle=":", linewidth=1, label="25% training error")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlim(0, max(len(c.train_error) for c in curves) + 0.5)
-    ax.set_xlabel("epochs")
-    ax.set_ylabel("training error rate" if setup.curve == "train" else "test error rate")
-    ax.set_title(f"CIFAR-10, four-layer CNN: {setup.title}"
-                 + (f", {len(runs)} seeds" if len(runs) > 1 else ""))
+    """Both variants' training or test error against epochs over the seeds, as a 640×480 PNG
+    (report.error_curves)."""
+    errors = "train_error" if setup.curve == "train" else "test_error"
+    lines = [(runs[0][i].label, colour, style, [getattr(curves[i], errors) for curves in runs])
+             for i, (style, colour) in enumerate((("-", "C0"), ("--", "C1")))]  # Figure 1: ReLU solid, tanh dashed
+    title = f"CIFAR-10, four-layer CNN: {setup.title}" + (f", {len(runs)} seeds" if len(runs) > 1 else "")
     if setup.curve == "train":  # Figure 1's scale; test errors are left to autoscale, to show small gaps
-        ax.set_ylim(0, max(0.8, *(max(c.train_error) for c in curves)))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+        error_curves(path, title, "training error rate", lines, target=("25% training error", TARGET_ERROR),
+                     top=0.8)
+    else:
+        error_curves(path, title, "test error rate", lines)

@@ -1,5 +1,5 @@
 """The paper's figures (§6.1): the first-layer kernels (Figure 3), top-5 predictions (Figure 4, left) and
-nearest neighbors in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py); and a run's curves."""
+nearest neighbors in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py)."""
 
 from pathlib import Path
 
@@ -9,7 +9,6 @@ import torch
 from .draw import FONT, LINE, Canvas, Grid, center, fit, shown
 from .errors import InputError
 from .evaluate import Predictions
-from .files import atomic_write
 from .inference import load_network
 from .neighbors import Neighbors
 
@@ -145,29 +144,3 @@ def plot_neighbors(found: Neighbors, out: str | Path) -> Path:
             canvas.text(top + crop + 2, left, fit(f.names[f.labels[row]], crop), color=CORRECT if same else "k")
             canvas.text(top + crop + 2 + LINE, left, fit(f"#{n}  distance {d:.4g}", crop), color="0.3")
     return canvas.save(out)
-
-
-# ---------------------------------------------------------------------------------------- a run's curves
-
-
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Loss and top-1/top-5 error against epochs, training and validation, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    epochs = [r["epoch"] for r in rows]
-    fig = Figure(figsize=(11, 4))
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
-    left.plot(epochs, [r["train_loss"] for r in rows], "o-", label="training")
-    left.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation (centre crop)")
-    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    right.plot(epochs, [100 * r["train_top1"] for r in rows], "o-", label="training top-1")
-    right.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", label="validation top-1")
-    right.plot(epochs, [100 * r["val_top5"] for r in rows], "o-", label="validation top-5")
-    right.set(xlabel="epoch", ylabel="error (%)", title="Error rates", ylim=(0, 100))
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))

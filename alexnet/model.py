@@ -229,7 +229,7 @@ def default_init(arch: str, classes: int) -> tuple[str, str]:
     epoch delays the rise but does not prevent it (2, 3 and 10 classes). PyTorch's default initialization
     learned on 2, 3 and 10 classes, its fc7 units firing throughout, but slowly: 14 steps on 10 classes did
     not move the loss 0.1 below ln 10. "centered" moves it there, with stratified batches; on 2 and 3 classes
-    it needs the clipped gradient that goes with it by default (train.CLIP; docs/reproduction.md).
+    it needs the clipped gradient that goes with it by default (config.CLIP; docs/reproduction.md).
     """
     if arch == "owt":
         return "torchvision", "torchvision's own"

@@ -3,14 +3,10 @@
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import InputError
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 SCHEDULES = ("plateau", "step", "cosine")
 
@@ -62,8 +58,8 @@ class Schedule:
     step: divide by 10 every `step_size` epochs (the PyTorch ImageNet example: 30). cosine: from lr to 0 over `epochs`.
     Warm-up: linear from lr / (warm-up steps) to lr over the first `warmup_epochs`.
 
-    The settings come from a run's configuration (`of`); the state (the fields after them) is what a
-    checkpoint keeps, so that a resumed run follows its own, possibly changed, settings.
+    The settings (the fields up to steps_per_epoch) are a run's, given as plain values; the state (the fields
+    after them) is what a checkpoint keeps, so that a resumed run follows its own, possibly changed, settings.
     """
 
     kind: str
@@ -85,12 +81,6 @@ class Schedule:
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise InputError(f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}")
-
-    @classmethod
-    def of(cls, cfg: "TrainConfig", steps_per_epoch: int) -> "Schedule":
-        """The schedule that a training configuration (train.TrainConfig, its defaults filled) asks for."""
-        return cls(cfg.schedule, cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.patience, cfg.min_delta,
-                   cfg.max_drops, steps_per_epoch)
 
     def state_dict(self) -> dict:
         """The state a checkpoint keeps: drops so far, the best error, epochs without improvement."""

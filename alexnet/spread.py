@@ -46,7 +46,7 @@ def paired(base: Sequence[float], other: Sequence[float]) -> dict:
             "resolved": bool(low > 0 or high < 0)}
 
 
-def describe(d: dict, scale: float = 100, unit: str = " points") -> str:
+def paired_in_words(d: dict, scale: float = 100, unit: str = " points") -> str:
     """A paired difference in words: mean, range, interval, seeds (errors as percentage points by default)."""
     text = f"{scale * d['mean']:+.2f}{unit} (range {scale * d['min']:+.2f} to {scale * d['max']:+.2f}"
     if d["interval"] is not None:

@@ -116,7 +116,7 @@ def test_paired_differences_and_the_seeds_they_need():
     noisy = spread.paired([0.3, 0.4], [0.4, 0.3])
     assert not noisy["resolved"] and noisy["seeds_needed"] is None
     one = spread.paired([0.3], [0.35])
-    assert one["interval"] is None and "interval" not in spread.describe(one)
+    assert one["interval"] is None and "interval" not in spread.paired_in_words(one)
     with pytest.raises(ValueError):
         spread.paired([0.1, 0.2], [0.1])
 

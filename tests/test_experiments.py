@@ -12,7 +12,7 @@ from PIL import Image
 
 from alexnet import experiments
 from alexnet.cli import main
-from alexnet.experiments import EXPERIMENTS, FourLayerNet, Split, ThreadChooser, epochs_to_reach, init_weights
+from alexnet.experiments import EXPERIMENTS, CifarSplit, FourLayerNet, ThreadChooser, epochs_to_reach, init_four_layer
 
 
 def cifar_folder(root: Path, train: int = 20, test: int = 5, test_name: str = "test") -> Path:
@@ -86,7 +86,7 @@ def test_variants_of_an_experiment_start_from_the_same_weights():
         for variant in setup.variants:
             torch.manual_seed(3)
             net = variant.build(10)
-            init_weights(net, setup.init)
+            init_four_layer(net, setup.init)
             states.append(net.state_dict())
         assert states[0].keys() == states[1].keys()
         assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
@@ -101,13 +101,13 @@ def test_pooling_before_the_nonlinearity_gives_the_same_outputs():
 
 def test_initializations_have_the_stated_spread():
     net = FourLayerNet()
-    init_weights(net, "paper")
+    init_four_layer(net, "paper")
     assert abs(net.features[4].weight.std().item() - 0.01) < 0.001
-    init_weights(net, "lecun")
+    init_four_layer(net, "lecun")
     assert abs(net.features[4].weight.std().item() - 1 / (32 * 25) ** 0.5) < 0.003
     assert net.classifier.bias.abs().sum() == 0
     with pytest.raises(ValueError, match="unknown initialization"):
-        init_weights(net, "xavier")
+        init_four_layer(net, "xavier")
 
 
 def test_epochs_to_reach_interpolates_between_epochs():
@@ -121,7 +121,7 @@ def test_epochs_to_reach_interpolates_between_epochs():
 
 def test_report_states_the_ratio_or_a_lower_bound():
     def results(a, b):
-        return {"paper": "six times", "ratio": None if None in (a, b) else b / a, "variants": {
+        return {"paper": "six times", "seeds": 1, "ratio": None if None in (a, b) else b / a, "variants": {
             label: {"final_test_error": 0.3, "best_test_error": 0.3, "final_train_error": 0.2, "images_per_s": 900,
                     "epochs": 12, "epochs_to_25": e} for label, e in (("ReLU", a), ("tanh", b))}}
     assert "ReLU 2.0, tanh 12.0: ReLU 6.0 times as fast" in experiments.report("relu-vs-tanh", results(2.0, 12.0))
@@ -136,13 +136,13 @@ def test_report_states_the_ratio_or_a_lower_bound():
 
 def test_inputs_subtract_the_mean_image_and_flip():
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    inputs = experiments._Inputs(Split(images, np.array([0, 1])), "raw")
+    inputs = experiments._Inputs(CifarSplit(images, np.array([0, 1])), "raw")
     x = inputs(images)
     assert x.shape == (2, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(x[0], -x[1])  # two images: each is ± half their difference from the mean
     flipped = inputs(images, np.array([True, False]))
     assert torch.equal(flipped[0], x[0].flip(2)) and torch.equal(flipped[1], x[1])
-    unit = experiments._Inputs(Split(images, np.array([0, 1])), "unit")
+    unit = experiments._Inputs(CifarSplit(images, np.array([0, 1])), "unit")
     assert unit.scale == pytest.approx(torch.from_numpy(images).double().std(correction=0).item())
     assert torch.allclose(unit(images), x / unit.scale)
 
@@ -188,7 +188,7 @@ def test_error_rate_counts_wrong_top_classes():
             return torch.nn.functional.one_hot(torch.full((len(x),), 2), 10).float()
 
     images = np.zeros((5, 32, 32, 3), np.uint8)
-    split = Split(images, np.array([2, 0, 2, 2, 9]))
+    split = CifarSplit(images, np.array([2, 0, 2, 2, 9]))
     inputs = experiments._Inputs(split, "raw")
     assert experiments.error_rate(AlwaysClassTwo(), split, inputs, batch_size=2) == pytest.approx(2 / 5)
 

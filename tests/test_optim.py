@@ -1,13 +1,15 @@
 import pytest
 import torch
 
+from alexnet.config import TrainConfig, fill_defaults
 from alexnet.optim import PaperSGD, Schedule, build_optimizer
-from alexnet.train import TrainConfig, fill_defaults
+from alexnet.train import schedule_of
 
 
 def schedule(kind: str, steps_per_epoch: int = 1, **settings) -> Schedule:
     """The schedule of a run on a data set of one's own configured with `settings`, the rest at the defaults."""
-    return Schedule.of(fill_defaults(TrainConfig(data="STORE", schedule=kind, **settings)), steps_per_epoch)
+    cfg = fill_defaults(TrainConfig(data="STORE", schedule=kind, **settings))
+    return schedule_of(cfg, cfg.epochs, steps_per_epoch)
 
 
 def problem(seed: int = 0):

@@ -13,13 +13,16 @@ from conftest import kill_when, photo_folder
 from PIL import Image
 
 import alexnet.cli
+import alexnet.config
 import alexnet.train
 from alexnet import checkpoint
 from alexnet.cli import main
+from alexnet.config import TrainConfig
 from alexnet.data.store import prepare
+from alexnet.divergence import DeadGuard, DivergedError
 from alexnet.errors import InputError
 from alexnet.record import NetworkRecord, build_model
-from alexnet.train import DeadGuard, DivergedError, TrainConfig, train
+from alexnet.train import train
 
 
 def alexnet_cmd(*args: str, world: int = 1) -> list[str]:
@@ -208,9 +211,9 @@ def test_few_classes_get_the_clip_and_a_run_from_before_the_options_resumes_as_i
     state = checkpoint.load(run_dir / "last.pt")
     for name in ("clip", "order"):  # a checkpoint saved before these options existed
         del state["config"][name]
-    old = alexnet.train.saved_config(state)
+    old = alexnet.config.saved_config(state)
     assert (old.clip, old.order) == (0.0, "shuffled")
-    assert [alexnet.train.default_clip(n)[0] for n in (2, 999, 1000, 21841)] == [5.0, 5.0, 0.0, 0.0]
+    assert [alexnet.config.default_clip(n)[0] for n in (2, 999, 1000, 21841)] == [5.0, 5.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize(("option", "value", "accepts"), [
@@ -383,19 +386,32 @@ def test_a_budget_fits_the_epochs_to_the_first_epochs_time(store, tmp_path):
     trainer.epoch = 1  # as in the loop: the plan comes once the first epoch is counted (and saved)
     trainer.plan(epoch_seconds=10, validation_seconds=1)
     # 120 s - 30 s spent - 11 validation passes for the final evaluation = 79 s: 7 more epochs after the first
-    assert trainer.cfg.epochs == trainer.schedule.epochs == 8 and trainer.planned
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 8
+    assert trainer.epochs == trainer.schedule.epochs == 8 and trainer.planned
+    # the plan is the run's state, which its checkpoints keep; the configuration stays as resolved (at most 90)
+    assert trainer.snapshot()["planned_epochs"] == 8 and trainer.cfg.epochs == 90
+    assert not (tmp_path / "run" / "config.json").exists()  # written once, when the run starts
     trainer.started -= 200  # the budget is spent: no more epochs, but never fewer than the one done
     trainer.plan(epoch_seconds=10, validation_seconds=1)
-    assert trainer.cfg.epochs == 1
+    assert trainer.epochs == 1
 
 
 def test_a_budgeted_run_records_its_plan_and_a_resume_keeps_it(store, tmp_path, capsys):
     run_dir = train(config(store, tmp_path, epochs=None, minutes=0.2, width=0.25))
     printed = capsys.readouterr().out
     saved = json.loads((run_dir / "config.json").read_text())
-    assert "--minutes 0.2: " in printed and f"{saved['epochs']} epoch" in printed
-    assert saved["minutes"] == 0.2 and 1 <= saved["epochs"] == len(metrics(run_dir))
-    assert checkpoint.load(run_dir / "last.pt")["planned"]
-    with pytest.raises(InputError, match=f"the run has trained all its {saved['epochs']} epoch"):
+    state = checkpoint.load(run_dir / "last.pt")
+    planned = state["planned_epochs"]
+    assert "--minutes 0.2: " in printed and f"{planned} epoch" in printed
+    assert saved["minutes"] == 0.2 and 1 <= planned == len(metrics(run_dir))
+    assert state["planned"] and saved["epochs"] == state["config"]["epochs"] == 90  # the most it may train
+    with pytest.raises(InputError, match=f"the run has trained all its {planned} epoch"):
         train(TrainConfig(resume=str(run_dir), progress=False))  # the plan is kept, not made again
+    # a checkpoint without planned_epochs holds the plan in its configuration's epochs, and resumes by it
+    del state["planned_epochs"]
+    state["config"]["epochs"] = planned
+    (tmp_path / "old").mkdir()
+    checkpoint.save(tmp_path / "old" / "last.pt", state)
+    with pytest.raises(InputError, match=f"the run has trained all its {planned} epoch"):
+        train(TrainConfig(resume=str(tmp_path / "old"), progress=False))
+    more = TrainConfig(resume=str(run_dir), epochs=planned + 2)
+    assert alexnet.config.resume_config(more, state)[1] == planned + 2  # --epochs wins over the plan

@@ -1,0 +1,101 @@
+"""A run folder of `alexnet train`, every file in it named here:
+
+    config.json     the resolved configuration, written when the run starts
+    metrics.jsonl   one row per epoch (JSON lines), and metrics.csv, the same as a table
+    tb/             TensorBoard events of the same numbers
+    curves.png      loss and top-1/top-5 error against epochs
+    last.pt         the checkpoint of every epoch, and of every `save_every` minutes within one
+    best.pt         the checkpoint of the lowest validation top-1 error (the same file as a last.pt)
+"""
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+from .files import atomic_write, write_json, write_text
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+METRICS_TABLE = "metrics.csv"
+EVENTS = "tb"
+CURVES = "curves.png"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def new_path(out: str, name: str | None, arch: str) -> Path:
+    """Where a new run's folder goes: OUT/NAME, by default OUT/<date>-<time>-<arch>."""
+    return Path(out) / (name or time.strftime("%Y%m%d-%H%M%S") + f"-{arch}")
+
+
+def taken(path: Path) -> bool:
+    """Whether a file, or a folder with anything in it, is at `path`: a new run never writes over it."""
+    return path.is_file() or path.is_dir() and any(path.iterdir())
+
+
+class RunFolder:
+    """The files of a run that grow as it trains: configuration, metrics (JSON lines, CSV, TensorBoard), plot.
+    Only the `active` process writes."""
+
+    def __init__(self, path: Path, active: bool):
+        self.path, self.active = path, active
+        self.tb = None
+        if active:
+            from torch.utils.tensorboard import SummaryWriter
+
+            path.mkdir(parents=True, exist_ok=True)
+            self.tb = SummaryWriter(str(path / EVENTS))
+
+    def write_config(self, config: dict) -> None:
+        """Write config.json, once, as the run starts."""
+        if self.active:
+            write_json(self.path / CONFIG, config)
+
+    def log_epoch(self, row: dict) -> None:
+        """Append one epoch's metrics everywhere and redraw the plot."""
+        if not self.active:
+            return
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows = [json.loads(line) for line in (self.path / METRICS).read_text().splitlines()]
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path / METRICS_TABLE, table.getvalue())
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                self.tb.add_scalar(key, value, row["epoch"])
+        self.tb.flush()
+        plot_curves(rows, self.path / CURVES)
+
+    def close(self) -> None:
+        """Close the TensorBoard writer."""
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Loss and top-1/top-5 error against epochs, training and validation, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    left.plot(epochs, [r["train_loss"] for r in rows], "o-", label="training")
+    left.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation (centre crop)")
+    left.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    right.plot(epochs, [100 * r["train_top1"] for r in rows], "o-", label="training top-1")
+    right.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", label="validation top-1")
+    right.plot(epochs, [100 * r["val_top5"] for r in rows], "o-", label="validation top-5")
+    right.set(xlabel="epoch", ylabel="error (%)", title="Error rates", ylim=(0, 100))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
