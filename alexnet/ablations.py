@@ -35,14 +35,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, count
 from .experiments import epochs_to_reach
 from .files import atomic_write, write_json, write_text
 from .options import COUNT, RATE, SIZE, check, option
 from .runtime import PRECISIONS, machine
 from .spread import describe, paired, spread
 from .train import TrainConfig, final_evaluation, train
-from .words import count
 
 SCALES = {  # the settings that --full changes: the default CPU scale, and the paper's
     "cpu": {"width": 0.25, "crop": 67, "epochs": 12},

@@ -32,7 +32,7 @@ from .data.sources import data_root, describe, is_store, open_split, split_names
 from .data.split import Split
 from .data.stats import PixelStats, Recipe
 from .data.store import Store
-from .errors import InputError
+from .errors import InputError, count
 from .evaluate import Errors, evaluate
 from .figures import plot_curves
 from .files import link_or_copy, write_json, write_text
@@ -43,7 +43,6 @@ from .optim import SCHEDULES, Schedule, build_optimizer
 from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, Accepts, check, option, resumed
 from .runtime import PRECISIONS, autocast, choose_device, choose_precision
 from .towers import Pair, Tower, place
-from .words import count
 
 # The built-in photos (850 training images of 10 classes) get a budget that keeps the main job under 10 minutes.
 BUILT_IN_MINUTES = 8
