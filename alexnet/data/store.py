@@ -38,7 +38,7 @@ import torch
 from ..errors import InputError
 from ..files import atomic_write, write_json
 from ..kernels import cpu_kernels
-from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
+from .folders import MAX_PIXELS, SIDE, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
 from .split import Batch, Split
 from .stats import PixelStats, Recipe
 
@@ -79,7 +79,7 @@ def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) 
     return plan
 
 
-def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int = 4096, workers: int | None = None,
+def prepare(src: str | Path, dst: str | Path, size: int = SIDE, shard_size: int = 4096, workers: int | None = None,
             label_file: str | Path | None = None, progress: bool = True) -> "Store":
     """Preprocess every split of the image folder `src` into the store `dst` on all cores (see above)."""
     from tqdm import tqdm
