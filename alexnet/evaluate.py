@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .data.augment import center_crop, ten_crop
 from .data.folders import known_class, preprocess
 from .data.loader import Loader
-from .data.sources import data_root, open_split
+from .data.sources import open_split, prepared_root
 from .errors import InputError
 from .inference import Network, load_networks
 
@@ -108,7 +108,7 @@ def evaluate_checkpoints(paths: list[str], data: str | None, split: str = "val",
     from tqdm import tqdm
 
     networks = load_networks(paths, device, precision)
-    source = open_split(data_root(data), split)
+    source = open_split(prepared_root(data), split)
     first = networks[0]
     if source.classes != first.classes:
         raise InputError(f"{first.info['path']} has {len(first.classes)} classes; the data has "

@@ -19,7 +19,7 @@ from . import __version__, checkpoint
 from .data.augment import center_crop
 from .data.folders import imagenet_classes
 from .data.loader import Loader
-from .data.sources import data_root, open_split
+from .data.sources import open_split, prepared_root
 from .errors import InputError
 from .files import atomic_write
 from .inference import network
@@ -171,7 +171,7 @@ def check(ckpt: str | Path, exported: str | Path) -> Agreement:
         runtime, run = "the weights file", network(checkpoint.load(exported), "cpu", "fp32").model
     images = diff = same = 0
     with torch.no_grad():
-        for pixels, *_ in Loader(open_split(data_root(None), "val"), CHECK_BATCH, shuffle=False).epoch(0):
+        for pixels, *_ in Loader(open_split(prepared_root(None), "val"), CHECK_BATCH, shuffle=False).epoch(0):
             x = center_crop(pixels, net.recipe, net.crop)
             ours, theirs = net.model(x), run(x)
             images, diff = images + len(x), max(diff, float((ours - theirs).abs().max()))

@@ -31,7 +31,7 @@ import torch
 from .data.augment import center_crop
 from .data.folders import BadImageError, preprocess
 from .data.loader import Loader
-from .data.sources import data_root, is_store, open_split
+from .data.sources import is_store, open_split, prepared_root
 from .data.store import Store
 from .errors import InputError
 from .files import atomic_write, read_json, write_json
@@ -73,7 +73,7 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     if batch_size < 1:
         raise InputError(f"the batch size must be positive, got {batch_size}")
     net = load_network(path, device, precision)
-    root = data_root(data)
+    root = prepared_root(data)
     source = open_split(root, split)
     files = [os.path.abspath(f) for f in source.files]
     if not files:

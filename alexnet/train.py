@@ -28,7 +28,7 @@ from . import checkpoint
 from .data.augment import COLOUR_STD, center_crop, train_batch
 from .data.folders import BadImageError, preprocess
 from .data.loader import Loader
-from .data.sources import data_root, describe, is_store, open_split, split_names
+from .data.sources import data_root, describe, is_store, open_split, prepared_root, split_names
 from .data.split import Split
 from .data.stats import PixelStats, Recipe
 from .data.store import Store
@@ -233,7 +233,7 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1, pair: Pair | None
         unit = "pairs of processes" if pair else "processes"
         raise InputError(f"--batch-size {cfg.batch_size}: does not split evenly over {shards} {unit}")
     if rank == 0:
-        data_root(cfg.data)
+        prepared_root(cfg.data)
     if world > 1:
         dist.barrier()
     root = data_root(cfg.data)
@@ -681,6 +681,6 @@ def final_evaluation(path: Path) -> dict[int, Errors]:
     state = checkpoint.load(path)
     cfg = saved_config(state)
     net = network(state, cfg.device, cfg.precision)
-    val = Loader(open_split(data_root(cfg.data), "val"), cfg.batch_size, shuffle=False, workers=cfg.workers,
+    val = Loader(open_split(prepared_root(cfg.data), "val"), cfg.batch_size, shuffle=False, workers=cfg.workers,
                  pin_memory=net.device.type == "cuda")
     return {crops: evaluate([net], val.epoch(0), crops) for crops in (1, 10)}
