@@ -1,11 +1,13 @@
-"""The fc7 features of a whole split (§6.1: the 4096-d activations of the last hidden layer, after its ReLU,
-describe an image for the nearest-neighbor search of Figure 4), in a folder that survives interruptions.
+"""The fc7 features of a whole split (§6.1: the activations of the last hidden layer, 4096 in the paper's
+network, after its ReLU, describe an image for the nearest-neighbor search of Figure 4), in a folder that
+survives interruptions.
 
 A features folder, made by `extract_features` (`alexnet features`):
 
     meta.json      written first: the checkpoint and a digest of its weights, the data and split, the
-                   crop, precision and batch size, the number of rows, the classes and their names
-    features.npy   float32 (N, 4096), NumPy .npy: row i is fc7 after its ReLU for the centre crop of
+                   crop, precision and batch size, the number of rows and of fc7's units (D), the classes
+                   and their names
+    features.npy   float32 (N, D), NumPy .npy: row i is fc7 after its ReLU for the centre crop of
                    image i of the split; filled in place through a memory map, batch after batch
     labels.npy     int64 (N,): each row's class, an index into meta.json's "classes"
     files.txt      N lines: each row's image file, as an absolute path
@@ -15,7 +17,8 @@ A features folder, made by `extract_features` (`alexnet features`):
                    this file exists
 
 Run again with the same checkpoint and data, `alexnet features` continues after the last finished batch,
-with the batch size it started with, so the result equals that of an uninterrupted run.
+with the batch size it started with, so the result equals that of an uninterrupted run; a folder whose
+first batch never finished starts over with the settings of the run that finds it.
 """
 
 import contextlib
@@ -38,7 +41,6 @@ from .files import atomic_write, read_json, write_json
 from .inference import Network, load_network
 
 FEATURES_FORMAT = "alexnet-features-1"
-FEATURE_DIM = 4096
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -81,31 +83,30 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     meta = {"format": FEATURES_FORMAT, "checkpoint": os.path.abspath(net.info["path"]),
             "weights": weights_digest(net.model), "arch": net.info["arch"], "crop": net.crop,
             "precision": net.precision, "data": os.path.abspath(root), "split": split,
-            "count": len(files), "dim": FEATURE_DIM, "batch_size": batch_size,
+            "count": len(files), "dim": net.model.layers()["fc7"].out_features, "batch_size": batch_size,
             "files": hashlib.sha256("\n".join(files).encode()).hexdigest(),
             "classes": source.classes, "names": source.names}
     resume = _check_folder(out, meta)
     if resume is None:
         return out
-    if resume:
-        meta = read_json(out / "meta.json")  # its batch size: the batches of the first run, for equal results
-        if meta["batch_size"] != batch_size:
-            print(f"continuing {out} with its batch size {meta['batch_size']}")
-        batch_size = meta["batch_size"]
     done = read_json(out / "progress.json") if resume and (out / "progress.json").is_file() else None
-    if done is None:
+    if done is None or done["rows"] == 0:  # no row is final yet: nothing to keep, this run's settings apply
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "meta.json", meta)
         features = np.lib.format.open_memmap(out / "features.npy", mode="w+", dtype=np.float32,
-                                             shape=(len(files), FEATURE_DIM))
+                                             shape=(len(files), meta["dim"]))
         atomic_write(out / "labels.npy", lambda f: np.save(f, np.asarray(source.labels, np.int64)))
         atomic_write(out / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
         done = {"rows": 0, "bad": []}
         write_json(out / "progress.json", done)
     else:
+        meta = read_json(out / "meta.json")  # its batch size: the batches of the first run, for equal results
+        if meta["batch_size"] != batch_size:
+            print(f"continuing {out} with its batch size {meta['batch_size']}")
+        batch_size = meta["batch_size"]
         features = np.load(out / "features.npy", mmap_mode="r+")
-        if features.shape != (len(files), FEATURE_DIM):
-            raise InputError(f"{out}/features.npy has shape {features.shape}, expected {(len(files), FEATURE_DIM)}")
+        if features.shape != (len(files), meta["dim"]):
+            raise InputError(f"{out}/features.npy has shape {features.shape}, expected {(len(files), meta['dim'])}")
 
     loader = Loader(source, batch_size, shuffle=False, workers=workers)
     rows, bad = done["rows"], list(done["bad"])
