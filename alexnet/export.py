@@ -24,6 +24,7 @@ from .errors import InputError
 from .files import atomic_write
 from .inference import network
 from .lrn import BETA, FORMULAS, LRN, SIZE
+from .options import argument, option
 from .summary import layer_table
 
 FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2"}  # each format's suffix
@@ -33,6 +34,25 @@ INPUT, OUTPUT, BATCH = "images", "logits", "batch"  # the graph's names: input, 
 # shorter side to 256, centre crop 224, then (pixels / 255 - mean) / std
 TORCHVISION_CROP, TORCHVISION_MEAN, TORCHVISION_STD = 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECK_BATCH = 64  # images per batch of `check`: the built-in photos' 200 end in a short batch (dynamic batch)
+
+
+@dataclass
+class ExportConfig:
+    """`alexnet export`'s arguments."""
+
+    checkpoint: str = argument("a checkpoint file, run folder or weights file")
+    out: str = argument(f"file to write; its suffix names the format ({', '.join(FORMATS)})")
+    format: str | None = option(None, "the format (default: by OUT's suffix)", choices=tuple(FORMATS.values()))
+    check: bool = option(False, "then run the file (ONNX: with onnxruntime) and the checkpoint on the built-in "
+                                "validation photos, and print the largest logit difference and the top-5 agreement")
+
+
+@dataclass
+class ImportTorchvisionConfig:
+    """`alexnet import-torchvision`'s arguments."""
+
+    weights: str = argument("a .pth file holding torchvision alexnet()'s state dict")
+    out: str = argument("checkpoint file to write (.pt)")
 
 
 def _lrn(model: nn.Module) -> dict | None:

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,25 @@ from .data.store import Store
 from .errors import InputError
 from .files import atomic_write, read_json, write_json
 from .inference import Network, load_network
+from .options import COUNT, SIZE, argument, option
+from .runtime import PRECISIONS
 
 FEATURES_FORMAT = "alexnet-features-1"
+
+
+@dataclass
+class FeaturesConfig:
+    """`alexnet features`'s arguments."""
+
+    checkpoint: str = argument("a checkpoint file or run folder")
+    data: str | None = option(None, "a store or an image folder (default: the built-in photos)")
+    split: str = option("train", "split to describe")
+    out: str = option(None, "features folder to write (features.npy, labels.npy, files.txt)", required=True)
+    batch_size: int = option(64, "images per batch (a resumed run keeps its own)", accepts=COUNT)
+    device: str = option("auto", "auto, cpu, cuda, ...")
+    precision: str = option("auto", "arithmetic precision", choices=PRECISIONS)
+    workers: int = option(2, "decoding processes when reading JPEG folders", accepts=SIZE)
+    progress: bool = option(True, "no progress bar")
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -64,8 +82,9 @@ def fc7(net: Network, images: torch.Tensor, crop: int) -> torch.Tensor:
 IDENTITY = ("format", "weights", "crop", "precision", "split", "count", "files", "classes")
 
 
-def extract_features(path: str, data: str | None, out: str | Path, split: str = "train", batch_size: int = 64,
-                     device: str = "auto", precision: str = "auto", workers: int = 2,
+def extract_features(path: str, data: str | None, out: str | Path, split: str = FeaturesConfig.split,
+                     batch_size: int = FeaturesConfig.batch_size, device: str = FeaturesConfig.device,
+                     precision: str = FeaturesConfig.precision, workers: int = FeaturesConfig.workers,
                      progress: bool = True) -> Path:
     """`alexnet features`: fc7 (after ReLU) of the centre crop of every image of a split, into the folder
     `out` (see the module's docstring); an interrupted run continues where it stopped (§6.1)."""
