@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
-from .errors import InputError
+from .errors import InputError, count
 from .experiments import epochs_to_reach
 from .files import write_json, write_text
 from .final_evaluation import final_evaluation
@@ -46,7 +46,6 @@ from .run_folder import LAST, METRICS
 from .runtime import PRECISIONS, machine
 from .spread import paired, spread
 from .train import train
-from .words import count
 
 SCALES = {  # the settings that --full changes: the default CPU scale, and the paper's
     "cpu": {"width": 0.25, "crop": 67, "epochs": 12},

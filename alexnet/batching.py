@@ -22,8 +22,7 @@ class Batcher(Generic[Item, Result]):
     `max_wait` seconds after the first for more, and runs `run(items) -> results` (same order) on them in one
     worker thread; at most `max_queue` items wait, a further one raises BusyError."""
 
-    def __init__(self, run: Callable[[list[Item]], list[Result]], max_batch: int = 16, max_wait: float = 0.005,
-                 max_queue: int = 64):
+    def __init__(self, run: Callable[[list[Item]], list[Result]], max_batch: int, max_wait: float, max_queue: int):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise InputError(f"the batch and the queue need at least 1 place and the wait cannot be negative, got "
                              f"batch {max_batch}, queue {max_queue}, wait {max_wait}")

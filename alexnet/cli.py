@@ -1,11 +1,12 @@
-"""The `alexnet` command: argument parsing only; each subcommand calls one function of the library."""
+"""The `alexnet` command: argument parsing only; each subcommand calls one function of the library. A command's
+arguments are declared by a dataclass in its own module (options.add_options makes them options), and that
+module is imported only when the command runs or shows its help."""
 
 import argparse
 import errno
 import os
 import sys
-
-from .model import ARCHS
+from collections.abc import Callable
 
 TRACEBACK = "ALEXNET_TRACEBACK"  # set to show the traceback of a bad-input error
 # what the system says of a path the user gave that it cannot write: not a bug, one line
@@ -147,12 +148,12 @@ def _neighbors(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from .options import from_args
     from .runtime import tune_process
-    from .serve import serve
+    from .serve import ServeConfig, serve
 
     tune_process(args.device)
-    serve(args.checkpoint, args.features, args.host, args.port, args.device, args.precision, args.max_batch,
-          args.max_wait / 1000, args.queue, int(args.max_mb * 2**20))
+    serve(from_args(ServeConfig, args))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -198,18 +199,11 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def png(name: str) -> str:
-    """A picture's file name, which must say what it holds: .png."""
-    if not name.lower().endswith(".png"):
-        raise argparse.ArgumentTypeError(f"expected a file name ending in .png (pictures are PNG), got {name}")
-    return name
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line: every command with its arguments, or where `command` is given, that command's alone and
+    the others listed by name, so that a command imports its own module and no other command's."""
+    from .options import Parser, add_options
 
-
-def _parser() -> argparse.ArgumentParser:
-    from .lrn import MODES
-    from .options import COUNT, SIZE, Parser, checked
-
-    count, size = checked(int, COUNT), checked(int, SIZE)  # a whole number of at least 1, of at least 0
     fmt = _Help
     parser = Parser(prog="alexnet", formatter_class=fmt,
                     description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
@@ -217,196 +211,132 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"show the traceback of a bad-input error too (or set {TRACEBACK}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("summary", formatter_class=fmt, help="print the layer table",
-                            description="Each layer's output shape, parameters and multiply-adds, with totals.")
-    p.add_argument("--arch", choices=ARCHS, default="paper", help="network variant")
-    p.add_argument("--classes", type=count, default=1000, help="number of classes")
-    p.add_argument("--image-size", type=int, default=227, help="input height and width")
-    p.add_argument("--lrn", choices=MODES, default=None, help="LRN formula (default: the architecture's own)")
-    p.set_defaults(run=_summary)
+    def add(name: str, help: str, run: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser | None:
+        """List the command `name`; its parser, to add its arguments to, where they are wanted (else None)."""
+        p = commands.add_parser(name, formatter_class=fmt, help=help)
+        p.set_defaults(run=run)
+        return p if command in (None, name) else None
 
-    p = commands.add_parser("prepare", formatter_class=fmt, help="preprocess an image folder into a fast store",
-                            description="Rescale every image's shorter side to 256 and keep the central 256×256 "
-                                        "(§2), into uint8 shards; compute the training set's mean image and RGB "
-                                        "PCA. An interrupted run finishes when started again.")
-    p.add_argument("src", help="image folder: ROOT/train/<class>/*, ROOT/val/..., or ROOT/<class>/*")
-    p.add_argument("dst", help="store folder to write")
-    p.add_argument("--shard-size", type=count, default=4096, help="images per shard file")
-    p.add_argument("--workers", type=count, default=None, help="decoding processes (default: one per core)")
-    p.add_argument("--labels", default=None, help="label file of a flat validation folder (default: found in SRC)")
-    p.add_argument("--size", type=count, default=256, help="side of the stored square images")
-    p.set_defaults(run=_prepare)
+    if p := add("summary", "print the layer table", _summary):
+        from .summary import SummaryConfig
 
-    from .download import ARCHIVES, BASE_URL_VARIABLE
+        p.description = "Each layer's output shape, parameters and multiply-adds, with totals."
+        add_options(p, SummaryConfig)
 
-    p = commands.add_parser("download", formatter_class=fmt, help="download Imagenette, Imagewoof or CIFAR-10, "
-                                                                  "verified",
-                            description="Download a data set from its publisher into DST (an interrupted download "
-                                        "continues), check its published size and checksum (SHA-256, or MD5 where "
-                                        "only that is published), and unpack it: Imagenette and Imagewoof into "
-                                        "DST/NAME/{train,val}/<wnid>/*.JPEG, CIFAR-10 into "
-                                        f"DST/{{train,test}}/<class>/*.png. {BASE_URL_VARIABLE}=URL takes the same "
-                                        "file names from a mirror.")
-    p.add_argument("name", choices=ARCHIVES, metavar="NAME",
-                   help=", ".join(f"{name} ({a.size / 1e6:,.0f} MB)" for name, a in ARCHIVES.items()))
-    p.add_argument("dst", metavar="DST", help="folder to download and unpack into")
-    p.add_argument("--prepare", metavar="STORE", default=None,
-                   help="then `alexnet prepare` the unpacked Imagenette into the store STORE (default: no store)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.set_defaults(run=_download)
+    if p := add("prepare", "preprocess an image folder into a fast store", _prepare):
+        from .data.folders import SIDE
+        from .data.store import PrepareConfig
 
-    from .config import TrainConfig
-    from .options import add_options, resume_rules
-    from .runtime import PRECISIONS
+        p.description = (f"Rescale every image's shorter side to {SIDE} and keep the central {SIDE}×{SIDE} (§2), "
+                         "into uint8 shards; compute the training set's mean image and RGB PCA. An interrupted run "
+                         "finishes when started again.")
+        add_options(p, PrepareConfig)
 
-    p = commands.add_parser("train", formatter_class=fmt, help="train with the paper's recipe (the main job)",
-                            description="Train AlexNet with the paper's recipe (§5): SGD with momentum 0.9 and "
-                                        "weight decay 5e-4, batch 128, learning rate 0.01 divided by 10 when the "
-                                        "validation error stops improving. With no --data, on the built-in photos. "
-                                        "On several processes: torchrun --nproc_per_node N -m alexnet train ..., "
-                                        "with --parallel towers the paper's two towers on each pair (§3.2).",
-                            epilog=resume_rules(TrainConfig))
-    add_options(p, TrainConfig)
-    p.set_defaults(run=_train)
+    if p := add("download", "download Imagenette, Imagewoof or CIFAR-10, verified", _download):
+        from .download import BASE_URL_VARIABLE, DownloadConfig
 
-    p = commands.add_parser("eval", formatter_class=fmt, help="top-1/top-5 error of checkpoints",
-                            description="Top-1 and top-5 error on a split, with the centre crop or the ten "
-                                        "patches of §4.1; several checkpoints average their softmax outputs.")
-    p.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
-    p.add_argument("--data", default=None, help="a store or an image folder (default: the built-in photos)")
-    p.add_argument("--split", default="val", help="split to evaluate")
-    p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: centre crop; 10: ten patches")
-    p.add_argument("--batch-size", type=count, default=128, help="images per batch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(run=_eval)
+        p.description = ("Download a data set from its publisher into DST (an interrupted download continues), "
+                         "check its published size and checksum (SHA-256, or MD5 where only that is published), "
+                         "and unpack it: Imagenette and Imagewoof into DST/NAME/{train,val}/<wnid>/*.JPEG, "
+                         f"CIFAR-10 into DST/{{train,test}}/<class>/*.png. {BASE_URL_VARIABLE}=URL takes the same "
+                         "file names from a mirror.")
+        add_options(p, DownloadConfig)
 
-    p = commands.add_parser("predict", formatter_class=fmt, help="top-5 classes of images",
-                            description="The five most probable classes of each image, with probabilities.")
-    p.add_argument("checkpoint", help="a checkpoint file or run folder")
-    p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--crops", type=int, choices=(1, 10), default=10, help="1: centre crop; 10: ten patches")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--plot", type=png, default=None, metavar="PNG",
-                   help="also draw Figure 4 (left): each centre crop with its top-5 bars, the true class (from "
-                        "the image's folder or file name) in red")
-    p.add_argument("--plot-columns", type=count, default=4, help="images per row of the plot")
-    p.set_defaults(run=_predict)
+    if p := add("train", "train with the paper's recipe (the main job)", _train):
+        from .config import TrainConfig
+        from .options import resume_rules
 
-    p = commands.add_parser("filters", formatter_class=fmt, help="draw conv1's kernels (Figure 3)",
-                            description="The first layer's kernels as images (§6.1, Figure 3), one block per "
-                                        "tower, each kernel min-max scaled on its own.")
-    p.add_argument("checkpoint", help="a checkpoint file or run folder")
-    p.add_argument("--out", type=png, default="conv1.png", help="PNG file to write")
-    p.add_argument("--columns", type=count, default=16, help="kernels per row")
-    p.add_argument("--zoom", type=count, default=4, help="pixels per weight, each way")
-    p.add_argument("--gap", type=size, default=2, help="pixels between kernels")
-    p.set_defaults(run=_filters)
+        p.description = ("Train AlexNet with the paper's recipe (§5): SGD with momentum 0.9 and weight decay 5e-4, "
+                         "batch 128, learning rate 0.01 divided by 10 when the validation error stops improving. "
+                         "With no --data, on the built-in photos. On several processes: torchrun --nproc_per_node "
+                         "N -m alexnet train ..., with --parallel towers the paper's two towers on each pair (§3.2).")
+        p.epilog = resume_rules(TrainConfig)
+        add_options(p, TrainConfig)
 
-    p = commands.add_parser("features", formatter_class=fmt, help="fc7 features of every image of a split",
-                            description="The 4096-d fc7 activations (after ReLU) of the centre crop of every image "
-                                        "of a split, with labels and files, into a folder that `alexnet neighbors` "
-                                        "searches (§6.1). An interrupted run continues where it stopped.")
-    p.add_argument("checkpoint", help="a checkpoint file or run folder")
-    p.add_argument("--data", default=None, help="a store or an image folder (default: the built-in photos)")
-    p.add_argument("--split", default="train", help="split to describe")
-    p.add_argument("--out", required=True, help="features folder to write (features.npy, labels.npy, files.txt)")
-    p.add_argument("--batch-size", type=count, default=64, help="images per batch (a resumed run keeps its own)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="arithmetic precision")
-    p.add_argument("--workers", type=size, default=2, help="decoding processes when reading JPEG folders")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(run=_features)
+    if p := add("eval", "top-1/top-5 error of checkpoints", _eval):
+        from .evaluate import EvalConfig
 
-    p = commands.add_parser("neighbors", formatter_class=fmt, help="nearest images by fc7 distance (Figure 4)",
-                            description="For each query image, the images of a features folder whose fc7 features "
-                                        "are nearest in Euclidean distance (§6.1, Figure 4 right): exact search in "
-                                        "chunks, so memory stays small however many features there are.")
-    p.add_argument("checkpoint", help="the checkpoint the features were made with")
-    p.add_argument("queries", nargs="+", help="query image files")
-    p.add_argument("--features", required=True, help="a folder made by `alexnet features`")
-    p.add_argument("--k", type=count, default=6, help="neighbors per query")
-    p.add_argument("--out", type=png, default=None, help="PNG file to draw the grid to (default: no picture)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--chunk", type=count, default=16384, help="stored features per matrix product (16 KiB each)")
-    p.add_argument("--device", default="auto", help="device for the queries' features: auto, cpu, cuda, ...")
-    p.set_defaults(run=_neighbors)
+        p.description = ("Top-1 and top-5 error on a split, with the centre crop or the ten patches of §4.1; "
+                         "several checkpoints average their softmax outputs.")
+        add_options(p, EvalConfig)
 
-    from .options import AMOUNT, PORT, RATE
-    from .serve import MAX_BYTES
+    if p := add("predict", "top-5 classes of images", _predict):
+        from .evaluate import PredictConfig
 
-    p = commands.add_parser("serve", formatter_class=fmt, help="Figure 4 as a web page and a JSON API",
-                            description="Serve a web page (choose or drop a photo: its top-5 classes as bars and, "
-                                        "with --features, its nearest images) and a JSON API: POST /predict, GET "
-                                        "/health, /info, /docs. Requests that arrive together run as one batch.")
-    p.add_argument("checkpoint", help="a checkpoint file or run folder")
-    p.add_argument("--features", default=None, help="a folder made by `alexnet features`: show nearest images too")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=checked(int, PORT), default=8000, help="port to listen on")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="arithmetic precision (auto on a CPU: the faster at batches of --max-batch; with "
-                        "--features: the features' own)")
-    p.add_argument("--max-batch", type=count, default=16, help="photos per forward pass at most (1: no batching)")
-    p.add_argument("--max-wait", type=checked(float, AMOUNT), default=5.0, metavar="MS",
-                   help="milliseconds a batch waits for more photos after its first")
-    p.add_argument("--queue", type=count, default=64, help="photos waiting at most; beyond, 503 (busy)")
-    p.add_argument("--max-mb", type=checked(float, RATE), default=MAX_BYTES / 2**20,
-                   help="largest request body in MiB; beyond, 413")
-    p.set_defaults(run=_serve)
+        p.description = "The five most probable classes of each image, with probabilities."
+        add_options(p, PredictConfig)
 
-    from .export import FORMATS
+    if p := add("filters", "draw conv1's kernels (Figure 3)", _filters):
+        from .figures import FiltersConfig
 
-    p = commands.add_parser("export", formatter_class=fmt, help="a checkpoint as safetensors, ONNX or torch.export",
-                            description="Write a checkpoint's network with its metadata (architecture, LRN formula, "
-                                        "parameters, multiply-adds, classes, preprocessing, the accuracy measured): "
-                                        "safetensors (which every command taking a checkpoint takes), ONNX with a "
-                                        "dynamic batch dimension, or a torch.export program (.pt2, loadable "
-                                        "without this package).")
-    p.add_argument("checkpoint", help="a checkpoint file, run folder or weights file")
-    p.add_argument("out", help=f"file to write; its suffix names the format ({', '.join(FORMATS)})")
-    p.add_argument("--format", choices=tuple(FORMATS.values()), default=None,
-                   help="the format (default: by OUT's suffix)")
-    p.add_argument("--check", action="store_true",
-                   help="then run the file (ONNX: with onnxruntime) and the checkpoint on the built-in validation "
-                        "photos, and print the largest logit difference and the top-5 agreement")
-    p.set_defaults(run=_export)
+        p.description = ("The first layer's kernels as images (§6.1, Figure 3), one block per tower, each kernel "
+                         "min-max scaled on its own.")
+        add_options(p, FiltersConfig)
 
-    p = commands.add_parser("import-torchvision", formatter_class=fmt, help="torchvision's alexnet weights as a "
-                            "checkpoint", description="Make a checkpoint of a torchvision.models.alexnet() state "
-                                                      "dict (such as torchvision's alexnet-owt-7be5be79.pth): the "
-                                                      "'owt' network with ImageNet's 1000 class names and "
-                                                      "torchvision's preprocessing (shorter side 256, centre crop "
-                                                      "224, its mean and std), for eval, predict, features, "
-                                                      "neighbors and export.")
-    p.add_argument("weights", help="a .pth file holding torchvision alexnet()'s state dict")
-    p.add_argument("out", help="checkpoint file to write (.pt)")
-    p.set_defaults(run=_import_torchvision)
+    if p := add("features", "fc7 features of every image of a split", _features):
+        from .features import FeaturesConfig
 
-    from .ablations import STUDIES, StudyConfig
-    from .experiments import EXPERIMENTS, ExperimentConfig
+        p.description = ("The fc7 activations (after ReLU; 4096 of them in the paper's network) of the centre crop "
+                         "of every image of a split, with labels and files, into a folder that `alexnet neighbors` "
+                         "searches (§6.1). An interrupted run continues where it stopped.")
+        add_options(p, FeaturesConfig)
 
-    p = commands.add_parser("experiment", formatter_class=fmt, help="the paper's claims as experiments, with seeds",
-                            description="Train the variants of a network that a claim of the paper is about, from "
-                                        "the same initial weights through the same mini-batches, for several seeds; "
-                                        "write their curves, a figure and a table. relu-vs-tanh, lrn, pooling: a "
-                                        "four-layer CNN on CIFAR-10 (class folders of 32×32 images) on the CPU; "
-                                        f"{', '.join(STUDIES)}: AlexNet on a store from `alexnet prepare`.")
-    experiments = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    for name, setup in EXPERIMENTS.items():
-        e = experiments.add_parser(name, formatter_class=fmt, help=setup.title,
-                                   description=f"{setup.title}: {' against '.join(v.label for v in setup.variants)}. "
-                                               f"The paper: {setup.paper}.")
-        add_options(e, ExperimentConfig, {"epochs": setup.epochs, "out": f"runs/experiments/{name}"})
-    for name, study in STUDIES.items():
-        e = experiments.add_parser(name, formatter_class=fmt, help=study.title,
-                                   description=f"{study.title}: {' against '.join(v.label for v in study.variants)}"
-                                               f" (AlexNet). The paper: {study.paper}.")
-        add_options(e, StudyConfig, {"out": f"runs/experiments/{name}"})
-    p.set_defaults(run=_experiment)
+    if p := add("neighbors", "nearest images by fc7 distance (Figure 4)", _neighbors):
+        from .neighbors import NeighborsConfig
+
+        p.description = ("For each query image, the images of a features folder whose fc7 features are nearest in "
+                         "Euclidean distance (§6.1, Figure 4 right): exact search in chunks, so memory stays small "
+                         "however many features there are.")
+        add_options(p, NeighborsConfig)
+
+    if p := add("serve", "Figure 4 as a web page and a JSON API", _serve):
+        from .serve import ServeConfig
+
+        p.description = ("Serve a web page (choose or drop a photo: its top-5 classes as bars and, with --features, "
+                         "its nearest images) and a JSON API: POST /predict, GET /health, /info, /docs. Requests "
+                         "that arrive together run as one batch.")
+        add_options(p, ServeConfig)
+
+    if p := add("export", "a checkpoint as safetensors, ONNX or torch.export", _export):
+        from .export import ExportConfig
+
+        p.description = ("Write a checkpoint's network with its metadata (architecture, LRN formula, parameters, "
+                         "multiply-adds, classes, preprocessing, the accuracy measured): safetensors (which every "
+                         "command taking a checkpoint takes), ONNX with a dynamic batch dimension, or a "
+                         "torch.export program (.pt2, loadable without this package).")
+        add_options(p, ExportConfig)
+
+    if p := add("import-torchvision", "torchvision's alexnet weights as a checkpoint", _import_torchvision):
+        from .export import ImportTorchvisionConfig
+
+        p.description = ("Make a checkpoint of a torchvision.models.alexnet() state dict (such as torchvision's "
+                         "alexnet-owt-7be5be79.pth): the 'owt' network with ImageNet's 1000 class names and "
+                         "torchvision's preprocessing (shorter side 256, centre crop 224, its mean and std), for "
+                         "eval, predict, features, neighbors and export.")
+        add_options(p, ImportTorchvisionConfig)
+
+    if p := add("experiment", "the paper's claims as experiments, with seeds", _experiment):
+        from .ablations import STUDIES, StudyConfig
+        from .experiments import EXPERIMENTS, ExperimentConfig
+
+        p.description = ("Train the variants of a network that a claim of the paper is about, from the same "
+                         "initial weights through the same mini-batches, for several seeds; write their curves, a "
+                         "figure and a table. relu-vs-tanh, lrn, pooling: a four-layer CNN on CIFAR-10 (class "
+                         f"folders of 32×32 images) on the CPU; {', '.join(STUDIES)}: AlexNet on a store from "
+                         "`alexnet prepare`.")
+        experiments = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+        for name, setup in EXPERIMENTS.items():
+            e = experiments.add_parser(name, formatter_class=fmt, help=setup.title,
+                                       description=f"{setup.title}: "
+                                                   f"{' against '.join(v.label for v in setup.variants)}. "
+                                                   f"The paper: {setup.paper}.")
+            add_options(e, ExperimentConfig, {"epochs": setup.epochs, "out": f"runs/experiments/{name}"})
+        for name, study in STUDIES.items():
+            e = experiments.add_parser(name, formatter_class=fmt, help=study.title,
+                                       description=f"{study.title}: "
+                                                   f"{' against '.join(v.label for v in study.variants)} "
+                                                   f"(AlexNet). The paper: {study.paper}.")
+            add_options(e, StudyConfig, {"out": f"runs/experiments/{name}"})
     return parser
 
 
@@ -416,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     from .divergence import DivergedError
     from .errors import InputError
 
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(next((word for word in argv if not word.startswith("-")), "")).parse_args(argv)  # the command
     command = " ".join(filter(None, (args.command, getattr(args, "experiment", None))))  # as argparse names it
     try:
         args.run(args)
@@ -426,9 +357,13 @@ def main(argv: list[str] | None = None) -> None:
         said = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
         print(f"alexnet {command}: error: {said}", file=sys.stderr)
         sys.exit(2)
-    except DivergedError as err:
-        print(f"alexnet {command}: stopped: {err}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         print(f"alexnet {command}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        from .train import DivergedError  # raised by the commands that train, which have imported it already
+
+        if not isinstance(err, DivergedError):
+            raise
+        print(f"alexnet {command}: stopped: {err}", file=sys.stderr)
+        sys.exit(1)

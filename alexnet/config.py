@@ -7,14 +7,13 @@ in its checkpoints."""
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import InputError
+from .errors import InputError, count
 from .lrn import MODES
 from .model import ARCHS, INITS, MIDDLE, PAPER_CLASSES, WIDTHS, default_init
 from .optim import SCHEDULES
 from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, Accepts, check, option, resumed
 from .run_folder import LAST
 from .runtime import PRECISIONS
-from .words import count
 
 # The built-in photos (850 training images of 10 classes) get a budget that keeps the main job under 10 minutes.
 BUILT_IN_MINUTES = 8

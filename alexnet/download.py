@@ -29,6 +29,7 @@ from urllib.error import HTTPError
 from tqdm import tqdm
 
 from .errors import InputError
+from .options import argument, option
 
 BASE_URL_VARIABLE = "ALEXNET_DOWNLOAD_URL"
 CHUNK = 1 << 20  # bytes per read
@@ -86,6 +87,18 @@ ARCHIVES = {
     "cifar10": Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", 170_498_071,
                        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", "cifar"),
 }
+
+
+@dataclass
+class DownloadConfig:
+    """`alexnet download`'s arguments."""
+
+    name: str = argument(", ".join(f"{name} ({a.size / 1e6:,.0f} MB)" for name, a in ARCHIVES.items()),
+                         choices=ARCHIVES, metavar="NAME")
+    dst: str = argument("folder to download and unpack into", metavar="DST")
+    prepare: str | None = option(None, "then `alexnet prepare` the unpacked Imagenette into the store STORE "
+                                       "(default: no store)", metavar="STORE")
+    progress: bool = option(True, "no progress bars")
 
 
 def download(name: str, dst: str | Path, store: str | Path | None = None, base_url: str | None = None,

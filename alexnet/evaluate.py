@@ -12,12 +12,43 @@ import torch.nn.functional as F
 from .data.augment import center_crop, ten_crop
 from .data.folders import known_class, preprocess
 from .data.loader import Loader
-from .data.sources import data_root, open_split
+from .data.sources import open_split, prepared_root
 from .errors import InputError
 from .inference import Network, load_networks
+from .options import COUNT, argument, option, png
+from .runtime import PRECISIONS
 
 if TYPE_CHECKING:
     from tqdm import tqdm
+
+
+@dataclass
+class EvalConfig:
+    """`alexnet eval`'s arguments."""
+
+    checkpoints: list[str] = argument("checkpoint files or run folders", nargs="+")
+    data: str | None = option(None, "a store or an image folder (default: the built-in photos)")
+    split: str = option("val", "split to evaluate")
+    crops: int = option(1, "1: centre crop; 10: ten patches", choices=(1, 10))
+    batch_size: int = option(128, "images per batch", accepts=COUNT)
+    device: str = option("auto", "auto, cpu, cuda, ...")
+    precision: str = option("auto", "arithmetic precision", choices=PRECISIONS)
+    json: bool = option(False, "print the result as JSON")
+
+
+@dataclass
+class PredictConfig:
+    """`alexnet predict`'s arguments."""
+
+    checkpoint: str = argument("a checkpoint file or run folder")
+    images: list[str] = argument("image files", nargs="+")
+    crops: int = option(10, "1: centre crop; 10: ten patches", choices=(1, 10))
+    device: str = option("auto", "auto, cpu, cuda, ...")
+    precision: str = option("auto", "arithmetic precision", choices=PRECISIONS)
+    json: bool = option(False, "print the result as JSON")
+    plot: str | None = option(None, "also draw Figure 4 (left): each centre crop with its top-5 bars, the true "
+                                    "class (from the image's folder or file name) in red", parse=png, metavar="PNG")
+    plot_columns: int = option(4, "images per row of the plot", accepts=COUNT)
 
 
 @dataclass
@@ -101,14 +132,15 @@ def top5_records(top: list[tuple[str, float]]) -> list[dict]:
     return [{"class": name, "probability": p} for name, p in top]
 
 
-def evaluate_checkpoints(paths: list[str], data: str | None, split: str = "val", crops: int = 1,
-                         batch_size: int = 128, device: str = "auto", precision: str = "auto",
+def evaluate_checkpoints(paths: list[str], data: str | None, split: str = EvalConfig.split,
+                         crops: int = EvalConfig.crops, batch_size: int = EvalConfig.batch_size,
+                         device: str = EvalConfig.device, precision: str = EvalConfig.precision,
                          progress: bool = True) -> Errors:
     """`alexnet eval`: the error of one checkpoint, or of several averaged (an ensemble), on a split."""
     from tqdm import tqdm
 
     networks = load_networks(paths, device, precision)
-    source = open_split(data_root(data), split)
+    source = open_split(prepared_root(data), split)
     first = networks[0]
     if source.classes != first.classes:
         raise InputError(f"{first.info['path']} has {len(first.classes)} classes; the data has "
@@ -144,8 +176,8 @@ class Predictions:
         return list(zip(self.images, top5(self.probs, self.names), strict=True))
 
 
-def predict(path: str, images: list[str], crops: int = 10, device: str = "auto",
-            precision: str = "auto") -> Predictions:
+def predict(path: str, images: list[str], crops: int = PredictConfig.crops, device: str = PredictConfig.device,
+            precision: str = PredictConfig.precision) -> Predictions:
     """`alexnet predict`: the class probabilities of image files (§4.1: averaged over ten patches by default).
 
     An unreadable image raises BadImageError."""

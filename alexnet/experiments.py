@@ -47,7 +47,7 @@ from torch import nn
 from .data.folders import BadFiles, BadImageError, ImageList, list_images, open_rgb
 from .data.loader import epoch_order
 from .data.stats import PixelStats
-from .errors import InputError
+from .errors import InputError, count
 from .files import atomic_write, cache_dir, write_json, write_text
 from .lrn import LRN
 from .optim import PaperSGD
@@ -55,7 +55,6 @@ from .options import COUNT, SIZE, check, option
 from .report import error_curves, results_text
 from .runtime import machine
 from .spread import paired, spread
-from .words import count
 
 TARGET_ERROR = 0.25  # Figure 1: the epochs each network needs to reach 25% training error
 SIDE = 32  # CIFAR-10 images are 32×32

@@ -26,6 +26,7 @@ from .errors import InputError
 from .files import atomic_write
 from .inference import network
 from .lrn import BETA, FORMULAS, LRN, SIZE
+from .options import argument, option
 from .record import NetworkRecord
 from .summary import layer_table
 
@@ -33,8 +34,28 @@ METADATA = "alexnet.json"  # the metadata's key in an ONNX file's metadata_props
 INPUT, OUTPUT, BATCH = "images", "logits", "batch"  # the graph's names: input, output, its dynamic dimension
 # torchvision's preprocessing of its ImageNet weights (AlexNet_Weights.IMAGENET1K_V1.transforms()):
 # shorter side to 256, centre crop 224, then (pixels / 255 - mean) / std
-TORCHVISION_CROP, TORCHVISION_MEAN, TORCHVISION_STD = 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TORCHVISION_RESIZE, TORCHVISION_CROP = 256, 224
+TORCHVISION_MEAN, TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHECK_BATCH = 64  # images per batch of `check`: the built-in photos' 200 end in a short batch (dynamic batch)
+
+
+@dataclass
+class ExportConfig:
+    """`alexnet export`'s arguments."""
+
+    checkpoint: str = argument("a checkpoint file, run folder or weights file")
+    out: str = argument(f"file to write; its suffix names the format ({', '.join(FORMATS)})")
+    format: str | None = option(None, "the format (default: by OUT's suffix)", choices=tuple(FORMATS.values()))
+    check: bool = option(False, "then run the file (ONNX: with onnxruntime) and the checkpoint on the built-in "
+                                "validation photos, and print the largest logit difference and the top-5 agreement")
+
+
+@dataclass
+class ImportTorchvisionConfig:
+    """`alexnet import-torchvision`'s arguments."""
+
+    weights: str = argument("a .pth file holding torchvision alexnet()'s state dict")
+    out: str = argument("checkpoint file to write (.pt)")
 
 
 def _lrn(model: nn.Module) -> dict | None:
@@ -198,7 +219,7 @@ def import_torchvision(weights: str | Path, out: str | Path) -> NetworkRecord:
     classes = imagenet_classes()
     mean = torch.tensor(TORCHVISION_MEAN) * 255
     # torchvision publishes no RGB principal components: no lighting noise (§4.1) should these weights train on
-    recipe = Recipe(mean.expand(256, 256, 3).clone(), torch.zeros(3), torch.eye(3),
+    recipe = Recipe(mean.expand(TORCHVISION_RESIZE, TORCHVISION_RESIZE, 3).clone(), torch.zeros(3), torch.eye(3),
                     1 / (255 * torch.tensor(TORCHVISION_STD)))
     record = NetworkRecord.of("owt", list(classes), list(classes.values()), crop=TORCHVISION_CROP, recipe=recipe)
     state = {"network": record, "model": model, "measured": None,

@@ -1,11 +1,13 @@
-"""The fc7 features of a whole split (§6.1: the 4096-d activations of the last hidden layer, after its ReLU,
-describe an image for the nearest-neighbor search of Figure 4), in a folder that survives interruptions.
+"""The fc7 features of a whole split (§6.1: the activations of the last hidden layer, 4096 in the paper's
+network, after its ReLU, describe an image for the nearest-neighbor search of Figure 4), in a folder that
+survives interruptions.
 
 A features folder, made by `extract_features` (`alexnet features`):
 
     meta.json      written first: the checkpoint and a digest of its weights, the data and split, the
-                   crop, precision and batch size, the number of rows, the classes and their names
-    features.npy   float32 (N, 4096), NumPy .npy: row i is fc7 after its ReLU for the centre crop of
+                   crop, precision and batch size, the number of rows and of fc7's units (D), the classes
+                   and their names
+    features.npy   float32 (N, D), NumPy .npy: row i is fc7 after its ReLU for the centre crop of
                    image i of the split; filled in place through a memory map, batch after batch
     labels.npy     int64 (N,): each row's class, an index into meta.json's "classes"
     files.txt      N lines: each row's image file, as an absolute path
@@ -15,7 +17,8 @@ A features folder, made by `extract_features` (`alexnet features`):
                    this file exists
 
 Run again with the same checkpoint and data, `alexnet features` continues after the last finished batch,
-with the batch size it started with, so the result equals that of an uninterrupted run.
+with the batch size it started with, so the result equals that of an uninterrupted run; a folder whose
+first batch never finished starts over with the settings of the run that finds it.
 """
 
 import contextlib
@@ -23,6 +26,7 @@ import functools
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +35,30 @@ import torch
 from .data.augment import center_crop
 from .data.folders import BadImageError, preprocess
 from .data.loader import Loader
-from .data.sources import data_root, is_store, open_split
+from .data.sources import is_store, open_split, prepared_root
 from .data.store import Store
 from .errors import InputError
 from .files import atomic_write, read_json, write_json
 from .inference import Network, load_network
+from .options import COUNT, SIZE, argument, option
+from .runtime import PRECISIONS
 
 FEATURES_FORMAT = "alexnet-features-1"
-FEATURE_DIM = 4096
+
+
+@dataclass
+class FeaturesConfig:
+    """`alexnet features`'s arguments."""
+
+    checkpoint: str = argument("a checkpoint file or run folder")
+    data: str | None = option(None, "a store or an image folder (default: the built-in photos)")
+    split: str = option("train", "split to describe")
+    out: str = option(None, "features folder to write (features.npy, labels.npy, files.txt)", required=True)
+    batch_size: int = option(64, "images per batch (a resumed run keeps its own)", accepts=COUNT)
+    device: str = option("auto", "auto, cpu, cuda, ...")
+    precision: str = option("auto", "arithmetic precision", choices=PRECISIONS)
+    workers: int = option(2, "decoding processes when reading JPEG folders", accepts=SIZE)
+    progress: bool = option(True, "no progress bar")
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -62,8 +82,9 @@ def fc7(net: Network, images: torch.Tensor, crop: int) -> torch.Tensor:
 IDENTITY = ("format", "weights", "crop", "precision", "split", "count", "files", "classes")
 
 
-def extract_features(path: str, data: str | None, out: str | Path, split: str = "train", batch_size: int = 64,
-                     device: str = "auto", precision: str = "auto", workers: int = 2,
+def extract_features(path: str, data: str | None, out: str | Path, split: str = FeaturesConfig.split,
+                     batch_size: int = FeaturesConfig.batch_size, device: str = FeaturesConfig.device,
+                     precision: str = FeaturesConfig.precision, workers: int = FeaturesConfig.workers,
                      progress: bool = True) -> Path:
     """`alexnet features`: fc7 (after ReLU) of the centre crop of every image of a split, into the folder
     `out` (see the module's docstring); an interrupted run continues where it stopped (§6.1)."""
@@ -73,7 +94,7 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     if batch_size < 1:
         raise InputError(f"the batch size must be positive, got {batch_size}")
     net = load_network(path, device, precision)
-    root = data_root(data)
+    root = prepared_root(data)
     source = open_split(root, split)
     files = [os.path.abspath(f) for f in source.files]
     if not files:
@@ -81,31 +102,30 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     meta = {"format": FEATURES_FORMAT, "checkpoint": os.path.abspath(net.info["path"]),
             "weights": weights_digest(net.model), "arch": net.record.arch, "crop": net.crop,
             "precision": net.precision, "data": os.path.abspath(root), "split": split,
-            "count": len(files), "dim": FEATURE_DIM, "batch_size": batch_size,
+            "count": len(files), "dim": net.model.layers()["fc7"].out_features, "batch_size": batch_size,
             "files": hashlib.sha256("\n".join(files).encode()).hexdigest(),
             "classes": source.classes, "names": source.names}
     resume = _check_folder(out, meta)
     if resume is None:
         return out
-    if resume:
-        meta = read_json(out / "meta.json")  # its batch size: the batches of the first run, for equal results
-        if meta["batch_size"] != batch_size:
-            print(f"continuing {out} with its batch size {meta['batch_size']}")
-        batch_size = meta["batch_size"]
     done = read_json(out / "progress.json") if resume and (out / "progress.json").is_file() else None
-    if done is None:
+    if done is None or done["rows"] == 0:  # no row is final yet: nothing to keep, this run's settings apply
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "meta.json", meta)
         features = np.lib.format.open_memmap(out / "features.npy", mode="w+", dtype=np.float32,
-                                             shape=(len(files), FEATURE_DIM))
+                                             shape=(len(files), meta["dim"]))
         atomic_write(out / "labels.npy", lambda f: np.save(f, np.asarray(source.labels, np.int64)))
         atomic_write(out / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
         done = {"rows": 0, "bad": []}
         write_json(out / "progress.json", done)
     else:
+        meta = read_json(out / "meta.json")  # its batch size: the batches of the first run, for equal results
+        if meta["batch_size"] != batch_size:
+            print(f"continuing {out} with its batch size {meta['batch_size']}")
+        batch_size = meta["batch_size"]
         features = np.load(out / "features.npy", mmap_mode="r+")
-        if features.shape != (len(files), FEATURE_DIM):
-            raise InputError(f"{out}/features.npy has shape {features.shape}, expected {(len(files), FEATURE_DIM)}")
+        if features.shape != (len(files), meta["dim"]):
+            raise InputError(f"{out}/features.npy has shape {features.shape}, expected {(len(files), meta['dim'])}")
 
     loader = Loader(source, batch_size, shuffle=False, workers=workers)
     rows, bad = done["rows"], list(done["bad"])

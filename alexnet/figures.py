@@ -1,6 +1,7 @@
 """The paper's figures (§6.1): the first-layer kernels (Figure 3), top-5 predictions (Figure 4, left) and
 nearest neighbors in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py)."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +9,10 @@ import torch
 
 from .draw import FONT, LINE, Canvas, Grid, center, fit, shown
 from .errors import InputError
-from .evaluate import Predictions
+from .evaluate import PredictConfig, Predictions
 from .inference import load_network
 from .neighbors import Neighbors
+from .options import COUNT, SIZE, argument, option, png
 
 BAR = "#9ecae1"  # a predicted class
 CORRECT = "#e6550d"  # the image's own class (Figure 4 draws it red)
@@ -18,6 +20,17 @@ GREY = 200  # the tile of an image that cannot be read
 
 
 # ---------------------------------------------------------------------------------------------- Figure 3
+
+
+@dataclass
+class FiltersConfig:
+    """`alexnet filters`'s arguments."""
+
+    checkpoint: str = argument("a checkpoint file or run folder")
+    out: str = option("conv1.png", "PNG file to write", parse=png)
+    columns: int = option(16, "kernels per row", accepts=COUNT)
+    zoom: int = option(4, "pixels per weight, each way", accepts=COUNT)
+    gap: int = option(2, "pixels between kernels", accepts=SIZE)
 
 
 def kernel_pixels(kernel: torch.Tensor, zoom: int = 1) -> np.ndarray:
@@ -29,8 +42,8 @@ def kernel_pixels(kernel: torch.Tensor, zoom: int = 1) -> np.ndarray:
     return pixels.repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 
-def filter_grids(towers: list[int], columns: int = 16, zoom: int = 4, gap: int = 2,
-                 margin: int = 8, label: int = 20) -> tuple[tuple[int, int], list[tuple[int, Grid]]]:
+def filter_grids(towers: list[int], columns: int, zoom: int, gap: int, margin: int = 8,
+                 label: int = 20) -> tuple[tuple[int, int], list[tuple[int, Grid]]]:
     """The layout of Figure 3: one block of tiles per tower, stacked, each under a `label` band.
 
     Returns the picture's (height, width) and, per tower, the block's top row and its grid (whose margin
@@ -46,7 +59,8 @@ def filter_grids(towers: list[int], columns: int = 16, zoom: int = 4, gap: int =
     return (top, width), blocks
 
 
-def plot_filters(path: str, out: str | Path, columns: int = 16, zoom: int = 4, gap: int = 2) -> Path:
+def plot_filters(path: str, out: str | Path = FiltersConfig.out, columns: int = FiltersConfig.columns,
+                 zoom: int = FiltersConfig.zoom, gap: int = FiltersConfig.gap) -> Path:
     """`alexnet filters`: Figure 3, conv1's kernels as images, one labelled block per tower (§6.1)."""
     towers = load_network(path, "cpu", "fp32").model.conv1_towers()
     (height, width), blocks = filter_grids([len(t) for t in towers], columns, zoom, gap)
@@ -73,7 +87,7 @@ CAPTION = 2 * LINE + 4  # file name, then the true class
 BARS = 5 * 18 + 6
 
 
-def predictions_grid(count: int, crop: int, columns: int = 4) -> Grid:
+def predictions_grid(count: int, crop: int, columns: int) -> Grid:
     """The layout of Figure 4 (left): each image's centre crop, its caption, then its top-5 bars below."""
     if columns < 1:
         raise InputError(f"columns must be positive, got {columns}")
@@ -81,7 +95,7 @@ def predictions_grid(count: int, crop: int, columns: int = 4) -> Grid:
     return Grid(-(-count // columns), columns, (crop, crop), gap=12, below=CAPTION + BARS, header=2 * LINE)
 
 
-def plot_predictions(pred: Predictions, out: str | Path, columns: int = 4) -> Path:
+def plot_predictions(pred: Predictions, out: str | Path, columns: int = PredictConfig.plot_columns) -> Path:
     """Figure 4 (left): each image's centre crop and its top-5 classes as bars of their probabilities,
     the image's own class in red where known (§6.1)."""
     grid = predictions_grid(len(pred.images), pred.crop, columns)

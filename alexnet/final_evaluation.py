@@ -6,7 +6,7 @@ from pathlib import Path
 from . import checkpoint
 from .config import saved_config
 from .data.loader import Loader
-from .data.sources import data_root, open_split
+from .data.sources import open_split, prepared_root
 from .evaluate import Errors, evaluate
 from .inference import network
 
@@ -16,6 +16,6 @@ def final_evaluation(path: Path) -> dict[int, Errors]:
     state = checkpoint.load(path)
     cfg = saved_config(state)
     net = network(state, cfg.device, cfg.precision)
-    val = Loader(open_split(data_root(cfg.data), "val"), cfg.batch_size, shuffle=False, workers=cfg.workers,
+    val = Loader(open_split(prepared_root(cfg.data), "val"), cfg.batch_size, shuffle=False, workers=cfg.workers,
                  pin_memory=net.device.type == "cuda")
     return {crops: evaluate([net], val.epoch(0), crops) for crops in (1, 10)}

@@ -16,8 +16,24 @@ from .data.folders import known_class, preprocess
 from .errors import InputError
 from .features import Features, fc7, weights_digest
 from .inference import Network, load_network
+from .options import COUNT, argument, option, png
 
-CHUNK_ROWS = 16384  # stored features per matrix product: 256 MiB of float32
+CHUNK_ROWS = 16384  # stored features per matrix product: 256 MiB of float32 in the paper's network
+
+
+@dataclass
+class NeighborsConfig:
+    """`alexnet neighbors`'s arguments."""
+
+    checkpoint: str = argument("the checkpoint the features were made with")
+    queries: list[str] = argument("query image files", nargs="+")
+    features: str = option(None, "a folder made by `alexnet features`", required=True)
+    k: int = option(6, "neighbors per query", accepts=COUNT)
+    out: str | None = option(None, "PNG file to draw the grid to (default: no picture)", parse=png)
+    json: bool = option(False, "print the result as JSON")
+    chunk: int = option(CHUNK_ROWS, "stored features per matrix product (16 KiB each in the paper's network)",
+                        accepts=COUNT)
+    device: str = option("auto", "device for the queries' features: auto, cpu, cuda, ...")
 
 
 def _blocks(features: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -156,8 +172,8 @@ def open_features(features: str | Path, path: str, device: str = "auto") -> tupl
     return store, net
 
 
-def find_neighbors(path: str, queries: list[str], features: str | Path, k: int = 6, chunk: int = CHUNK_ROWS,
-                    device: str = "auto") -> Neighbors:
+def find_neighbors(path: str, queries: list[str], features: str | Path, k: int = NeighborsConfig.k,
+                   chunk: int = NeighborsConfig.chunk, device: str = NeighborsConfig.device) -> Neighbors:
     """`alexnet neighbors`: the k images of a features folder whose fc7 features are nearest (Euclidean) to
     each query image's (§6.1, Figure 4); a query that is itself in the folder is left out of its list."""
     store, net = open_features(features, path, device)

@@ -1,6 +1,6 @@
 """Options declared once: a configuration dataclass's field carries its default, help text, paper section
-and the values it accepts, and the command line's options, their checks and the configuration a run
-saves are all made from it."""
+and the values it accepts, and the command line's options and positional arguments, their checks and the
+configuration a run saves are all made from it."""
 
 import argparse
 import dataclasses
@@ -51,6 +51,22 @@ def option(default: object, help: str, *, section: str = "", choices: Sequence |
     return dataclasses.field(default=default, metadata=meta)
 
 
+def argument(help: str, *, nargs: str | None = None, choices: Sequence | None = None,
+             metavar: str | None = None) -> dataclasses.Field:
+    """A required configuration field and its positional argument on the command line (`nargs="+"`: one or
+    more, a list)."""
+    meta = {"help": help, "section": "", "choices": choices, "accepts": None, "parse": None, "metavar": metavar,
+            "required": True, "resume": False, "positional": True, "nargs": nargs}
+    return dataclasses.field(metadata=meta)
+
+
+def png(name: str) -> str:
+    """A picture's file name, which must say what it holds: .png (an option's `parse`)."""
+    if not name.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .png (pictures are PNG), got {name}")
+    return name
+
+
 def flag(name: str) -> str:
     """The command-line option of a field: --batch-size for batch_size."""
     return "--" + name.replace("_", "-")
@@ -81,7 +97,8 @@ def checked(parse: Callable[[str], object], accepts: Accepts | None) -> Callable
 
 
 def add_options(parser: argparse.ArgumentParser, config: type, defaults: dict | None = None) -> None:
-    """An option for every declared field of the dataclass `config` (`defaults` overrides some defaults)."""
+    """An option, or a positional argument, for every declared field of the dataclass `config` (`defaults`
+    overrides some defaults)."""
     hints = typing.get_type_hints(config)
     for field in dataclasses.fields(config):
         meta = field.metadata
@@ -89,6 +106,10 @@ def add_options(parser: argparse.ArgumentParser, config: type, defaults: dict | 
             continue
         default = (defaults or {}).get(field.name, field.default)
         text = f"{meta['section']}: {meta['help']}" if meta["section"] else meta["help"]
+        if meta.get("positional"):
+            parser.add_argument(field.name, nargs=meta["nargs"], choices=meta["choices"], metavar=meta["metavar"],
+                                help=text)
+            continue
         kind = _value_type(hints[field.name])
         if kind is bool:  # a switch that turns the default around
             parser.add_argument(switch(field, default), dest=field.name,

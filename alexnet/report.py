@@ -4,9 +4,9 @@ its results as a few lines of text, and its variants' error curves as a figure."
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import count
 from .files import atomic_write
 from .spread import paired_in_words
-from .words import count
 
 
 def results_text(table: dict[str, dict[str, str]], differences: list[dict], notes: list[str], paper: str,

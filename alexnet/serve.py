@@ -44,11 +44,30 @@ from .evaluate import probabilities, top5, top5_records
 from .features import Features, fc7
 from .inference import Network, load_network
 from .neighbors import nearest, neighbor_records, open_features
+from .options import AMOUNT, COUNT, PORT, RATE, argument, option
+from .runtime import PRECISIONS
 
-MAX_BYTES = 20 * 2**20  # the largest request body: 20 MiB
 FIELD = "image"  # the multipart field of the photo
 RAW_TYPES = ("image/", "application/octet-stream")  # content types of a raw image body
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    """`alexnet serve`'s arguments."""
+
+    checkpoint: str = argument("a checkpoint file or run folder")
+    features: str | None = option(None, "a folder made by `alexnet features`: show nearest images too")
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = option(8000, "port to listen on", accepts=PORT)
+    device: str = option("auto", "auto, cpu, cuda, ...")
+    precision: str = option("auto", "arithmetic precision (auto on a CPU: the faster at batches of --max-batch; "
+                                    "with --features: the features' own)", choices=PRECISIONS)
+    max_batch: int = option(16, "photos per forward pass at most (1: no batching)", accepts=COUNT)
+    max_wait: float = option(5.0, "milliseconds a batch waits for more photos after its first", accepts=AMOUNT,
+                             metavar="MS")
+    queue: int = option(64, "photos waiting at most; beyond, 503 (busy)", accepts=COUNT)
+    max_mb: float = option(20.0, "largest request body in MiB; beyond, 413", accepts=RATE)
 
 
 @dataclass
@@ -160,11 +179,12 @@ ERRORS = {400: "not a usable image (empty, not an image, truncated, corrupt, too
           422: "a missing field or a bad query option", 503: "the queue is full: try again shortly"}
 
 
-def make_app(predictor: Predictor, max_batch: int = 16, max_wait: float = 0.005, max_queue: int = 64,
-             max_bytes: int = MAX_BYTES) -> FastAPI:
+def make_app(predictor: Predictor, max_batch: int = ServeConfig.max_batch, max_wait: float = ServeConfig.max_wait,
+             queue: int = ServeConfig.queue, max_mb: float = ServeConfig.max_mb) -> FastAPI:
     """The web application of a predictor: requests batched by up to `max_batch` (waiting up to `max_wait`
-    seconds for more), at most `max_queue` waiting (then 503), bodies up to `max_bytes` (then 413)."""
-    batcher = Batcher(predictor.run, max_batch, max_wait, max_queue)
+    milliseconds for more), at most `queue` waiting (then 503), bodies up to `max_mb` MiB (then 413)."""
+    batcher = Batcher(predictor.run, max_batch, max_wait / 1000, queue)
+    max_bytes = round(max_mb * 2**20)
     page = (resources.files("alexnet") / "assets" / "serve.html").read_text()
 
     @contextlib.asynccontextmanager
@@ -201,8 +221,8 @@ def make_app(predictor: Predictor, max_batch: int = 16, max_wait: float = 0.005,
 
     @app.get("/info", summary="The network, its classes and measured validation error, the server's settings")
     async def info() -> dict:
-        return {**predictor.info(), "batching": {"max_batch": max_batch, "max_wait_s": max_wait,
-                                                 "max_queue": max_queue}, "max_bytes": max_bytes}
+        return {**predictor.info(), "batching": {"max_batch": batcher.max_batch, "max_wait_s": batcher.max_wait,
+                                                 "max_queue": batcher.max_queue}, "max_bytes": max_bytes}
 
     @app.post("/predict", summary="Top-5 classes of a photo, and its nearest training images",
               openapi_extra={"requestBody": BODY}, responses={code: {"description": d} for code, d in ERRORS.items()})
@@ -261,18 +281,17 @@ def listenable(host: str, port: int) -> None:
         raise InputError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
 
 
-def serve(path: str, features: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          precision: str = "auto", max_batch: int = 16, max_wait: float = 0.005, max_queue: int = 64,
-          max_bytes: int = MAX_BYTES) -> None:
+def serve(config: ServeConfig) -> None:
     """`alexnet serve`: load the checkpoint (and the features folder, whose precision it then computes in; else
-    "auto" is the faster at batches of `max_batch`) and serve the page and the API at http://host:port/ until
+    "auto" is the faster at batches of --max-batch) and serve the page and the API at http://host:port/ until
     interrupted."""
     import uvicorn
 
+    host, port = config.host, config.port
     listenable(host, port)
-    store, net = (open_features(features, path, device) if features else
-                  (None, load_network(path, device, precision, max_batch)))
-    app = make_app(Predictor(net, store), max_batch, max_wait, max_queue, max_bytes)
+    store, net = (open_features(config.features, config.checkpoint, config.device) if config.features else
+                  (None, load_network(config.checkpoint, config.device, config.precision, config.max_batch)))
+    app = make_app(Predictor(net, store), config.max_batch, config.max_wait, config.queue, config.max_mb)
     print(f"serving {net.info['path']} ({net.record.arch}, {len(net.classes)} classes, {net.device}, "
           f"{net.precision}) at http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -1,11 +1,24 @@
 """The layer table of a model: output shape, parameters and multiply-adds of every layer (docs/paper.md#the-layers)."""
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .lrn import LRN
+from .lrn import LRN, MODES
+from .model import ARCHS
+from .options import COUNT, option
+
+
+@dataclass
+class SummaryConfig:
+    """`alexnet summary`'s options."""
+
+    arch: str = option("paper", "network variant", choices=ARCHS)
+    classes: int = option(1000, "number of classes", accepts=COUNT)
+    image_size: int = option(227, "input height and width")
+    lrn: str | None = option(None, "LRN formula (default: the architecture's own)", choices=MODES)
 
 
 class Row(NamedTuple):
@@ -17,7 +30,7 @@ class Row(NamedTuple):
     macs: int
 
 
-def layer_table(model: nn.Module, image_size: int = 227) -> list[Row]:
+def layer_table(model: nn.Module, image_size: int = SummaryConfig.image_size) -> list[Row]:
     """Run one image through the model (cheapest on the meta device) and record each layer it passes."""
     names = {module: name for name, module in model.layers().items()}
     rows: list[Row] = []

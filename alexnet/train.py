@@ -22,14 +22,14 @@ import torch.nn.functional as F
 from . import checkpoint, distributed, run_folder
 from .config import TrainConfig, resolve, resume_config
 from .data.augment import COLOUR_STD, center_crop, train_batch
-from .data.folders import BadImageError, preprocess
+from .data.folders import SIDE, BadImageError, preprocess
 from .data.loader import Loader
-from .data.sources import data_root, describe, is_store, open_split, split_names
+from .data.sources import data_root, describe, is_store, open_split, prepared_root, split_names
 from .data.split import Split
 from .data.stats import PixelStats, Recipe
 from .data.store import Store
 from .divergence import DeadGuard, DivergedError
-from .errors import InputError
+from .errors import InputError, count
 from .evaluate import evaluate
 from .files import link_or_copy
 from .inference import Network
@@ -37,7 +37,6 @@ from .optim import Schedule, build_optimizer
 from .record import NetworkRecord, build_model
 from .runtime import autocast, choose_device, choose_precision
 from .towers import Pair, Tower, place
-from .words import count
 
 READ_EVERY = 20  # steps between reading the loss back from a GPU
 PROBE_BATCH = 64  # images per step in the timing of --precision auto
@@ -110,7 +109,7 @@ class Data:
 
 def estimate_recipe(train: Split, seed: int) -> Recipe:
     """The mean image and RGB PCA from up to RECIPE_SAMPLE training images of a folder (no prepare step)."""
-    stats = PixelStats.empty(256, 256)
+    stats = PixelStats.empty(SIDE, SIDE)
     for i in sorted(np.random.default_rng(seed).permutation(len(train))[:RECIPE_SAMPLE]):
         try:
             stats.add(preprocess(train.files[i]))
@@ -130,7 +129,7 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1, pair: Pair | None
         unit = "pairs of processes" if pair else "processes"
         raise InputError(f"--batch-size {cfg.batch_size}: does not split evenly over {shards} {unit}")
     if rank == 0:
-        data_root(cfg.data)
+        prepared_root(cfg.data)
     if world > 1:
         dist.barrier()
     root = data_root(cfg.data)

@@ -12,6 +12,7 @@ import torch
 from conftest import kill_when, one_line_error, photo_folder
 from PIL import Image
 
+import alexnet.features
 from alexnet import checkpoint
 from alexnet.cli import _parser
 from alexnet.data.augment import center_crop
@@ -146,6 +147,28 @@ def test_features_are_fc7_of_the_centre_crops_with_labels_and_files(store, ckpts
     # a second run finds the work done
     assert extract_features(str(ckpts["paper"]), str(store), features, "train", precision="fp32",
                             progress=False) == features
+
+
+def test_a_narrower_network_has_features_of_its_fc7_size_and_a_failed_first_batch_leaves_a_folder_a_rerun_finishes(
+        store, tmp_path, monkeypatch):
+    cfg = TrainConfig(data=str(store), epochs=1, width=0.125, progress=False)
+    narrow = tmp_path / "narrow.pt"
+    checkpoint.save(narrow, Trainer(cfg, open_data(cfg), tmp_path).snapshot())
+
+    def out_of_memory(*args):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(alexnet.features, "fc7", out_of_memory)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            extract_features(str(narrow), str(store), tmp_path / "f", "train", batch_size=40, precision="fp32",
+                             progress=False)
+    # the rerun, with a smaller batch, is not held to the batch size of a first batch that never finished
+    f = Features(extract_features(str(narrow), str(store), tmp_path / "f", "train", batch_size=16,
+                                  precision="fp32", progress=False))
+    assert f.features.shape == (40, 512) and f.meta["dim"] == 512 and f.meta["batch_size"] == 16
+    expected = fc7(narrow, Store(store).split("train").read(np.arange(40)))
+    assert torch.allclose(torch.from_numpy(np.array(f.features)), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_an_undecodable_image_in_a_folder_is_a_bad_row_that_no_search_returns(photos, ckpts, tmp_path):

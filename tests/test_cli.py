@@ -30,3 +30,23 @@ def test_bad_image_size_is_one_line_error():
     assert result.stderr.strip().splitlines() == [
         "alexnet summary: error: AlexNet expects images of shape (N, 3, 227, 227) or (N, 3, 224, 224), "
         "got (1, 3, 200, 200)"]
+
+
+# what `alexnet --help` and `alexnet summary` must not load: the modules of other commands and what they bring
+UNNEEDED = ("fastapi", "onnx", "onnxscript", "onnxruntime", "matplotlib", "tensorboard", "scipy", "alexnet.serve",
+            "alexnet.export", "alexnet.download", "alexnet.experiments", "alexnet.ablations", "alexnet.train")
+LOADED = """
+import contextlib, sys
+from alexnet import cli
+for argv in (["--help"], ["summary"]):
+    with contextlib.suppress(SystemExit):
+        cli.main(argv)
+print(sorted(name for name in sys.argv[1:] if name in sys.modules))
+"""
+
+
+def test_help_and_summary_start_without_the_modules_of_other_commands():
+    result = subprocess.run([sys.executable, "-c", LOADED, *UNNEEDED], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "summary" in result.stdout and "60,965,224" in result.stdout  # the help, then the table
+    assert result.stdout.splitlines()[-1] == "[]"

@@ -66,7 +66,7 @@ def predictor(ckpt):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    with TestClient(make_app(predictor, max_bytes=2**20)) as client:
+    with TestClient(make_app(predictor, max_mb=1)) as client:
         yield client
 
 
@@ -269,7 +269,7 @@ def test_a_full_queue_answers_503_and_the_server_goes_on(predictor, monkeypatch)
 
     monkeypatch.setattr(predictor, "run", slow)
     data = PHOTO.read_bytes()
-    with TestClient(make_app(predictor, max_batch=1, max_queue=1)) as client, ThreadPoolExecutor(2) as pool:
+    with TestClient(make_app(predictor, max_batch=1, queue=1)) as client, ThreadPoolExecutor(2) as pool:
         first = pool.submit(post, client, data, crops=1)
         assert entered.wait(30)
         second = pool.submit(post, client, data, crops=1)

@@ -8,10 +8,13 @@ import torch
 from conftest import big_photo, kill_when, photo_folder
 from PIL import Image
 
+import alexnet.data.sources
 import alexnet.data.stats
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import list_images
+from alexnet.data.sources import builtin_store, data_root, prepared_root
 from alexnet.data.store import Store, prepare
+from alexnet.errors import InputError
 from alexnet.kernels import cpu_kernels
 
 
@@ -133,6 +136,18 @@ def test_a_store_of_an_older_format_is_refused_and_remade(photos, tmp_path, caps
     store = prepare(photos, tmp_path / "store", workers=1, progress=False)
     assert "starting over" in capsys.readouterr().out
     assert store.recipe().eigval.max() < 1  # the [0, 1] scale
+
+
+def test_looking_up_the_builtin_photos_prepares_nothing_and_the_preparing_call_makes_their_store(
+        photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(alexnet.data.sources, "DEFAULT_DATA", photos)  # a small stand-in for the built-in photos
+    with pytest.raises(InputError, match="data folder not found"):
+        data_root(None)
+    assert not (tmp_path / "cache").exists()
+    assert prepared_root(None) == builtin_store() == data_root(None)
+    assert len(Store(builtin_store()).split("val")) == 8
+    assert prepared_root(photos) == data_root(photos) == photos
 
 
 def test_a_foreign_destination_is_refused(photos, tmp_path):

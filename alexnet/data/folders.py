@@ -35,6 +35,7 @@ SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), about 90 million
 RESAMPLE = Image.BILINEAR  # PIL's bilinear filter, widened when shrinking (antialiased), as torchvision's Resize
+SIDE = 256  # §2 (docs/paper.md#preprocessing): the side of the square images after the preprocessing
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "assets" / "imagenette"
 
 CSV_LABELS = "LOC_val_solution.csv"
@@ -48,6 +49,8 @@ log = logging.getLogger("alexnet")
 class ImageList(Split):
     """One split of an image folder: image paths with their labels, and the class list the labels index.
     Its batches are decoded as they are read (the quick path: no prepare), in DataLoader worker processes."""
+
+    side = SIDE
 
     root: Path  # the folder the images were listed from, e.g. ROOT/train
     paths: list[Path]
@@ -90,7 +93,7 @@ class _Decoded(torch.utils.data.Dataset):
                 kept.append(index)
             except BadImageError as err:
                 refused.append((str(path), err.reason))
-        images = np.stack(arrays) if arrays else np.zeros((0, 256, 256, 3), np.uint8)
+        images = np.stack(arrays) if arrays else np.zeros((0, SIDE, SIDE, 3), np.uint8)
         kept = np.array(kept, np.int64)
         return torch.from_numpy(images), torch.from_numpy(self.images.labels[kept]), kept, refused
 
@@ -301,10 +304,10 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return _decode(Path(path), max_pixels)[0]
 
 
-def preprocess(path: str | Path | BinaryIO, size: int = 256, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def preprocess(path: str | Path | BinaryIO, size: int = SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode, rescale so the shorter side is `size`, crop the central size×size: uint8 array (size, size, 3).
     `path` may be an open binary file (an upload): its errors name it by its `name` attribute."""
-    # §2 (docs/paper.md#preprocessing): rescale the shorter side to 256, then crop out the central 256×256 patch.
+    # §2 (docs/paper.md#preprocessing): rescale the shorter side to SIDE, then crop out the central square patch.
     im, (w, h) = _decode(Path(path) if isinstance(path, str) else path, max_pixels, draft_side=size)
     rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     left, top = (rw - size) // 2, (rh - size) // 2

@@ -16,18 +16,25 @@ def is_store(path: str | Path) -> bool:
 
 
 def builtin_store() -> Path:
-    """The built-in photos (assets/imagenette), prepared into the cache folder on first use."""
-    store = cache_dir() / f"default-{hashlib.sha256(str(DEFAULT_DATA).encode()).hexdigest()[:12]}"
-    prepare(DEFAULT_DATA, store, progress=False)  # nothing to do once it is there
-    return store
+    """Where the built-in photos (assets/imagenette) are kept as a store, in the cache folder (see prepared_root)."""
+    return cache_dir() / f"default-{hashlib.sha256(str(DEFAULT_DATA).encode()).hexdigest()[:12]}"
 
 
 def data_root(data: str | Path | None) -> Path:
-    """The folder a command reads: `data` itself, or for None the built-in photos' store."""
+    """The folder a command reads: `data` itself, or for None the built-in photos' store; InputError where it is
+    not there. A lookup only: prepared_root makes the built-in store first."""
     root = builtin_store() if data is None else Path(data).expanduser()
     if not root.is_dir():
         raise InputError(f"data folder not found: {root}")
     return root
+
+
+def prepared_root(data: str | Path | None) -> Path:
+    """data_root(data), the built-in photos prepared into their store first where `data` is None (on first use:
+    nothing to do once it is there)."""
+    if data is None:
+        prepare(DEFAULT_DATA, builtin_store(), progress=False)
+    return data_root(data)
 
 
 def describe(data: str | Path | None) -> str:
@@ -43,5 +50,5 @@ def split_names(root: str | Path) -> list[str]:
 
 
 def open_split(root: str | Path, split: str) -> Split:
-    """A split of a store or of an image folder (see data_root for the built-in photos)."""
+    """A split of a store or of an image folder (see prepared_root for the built-in photos)."""
     return Store(root).split(split) if is_store(root) else list_images(root, split)

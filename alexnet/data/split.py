@@ -17,7 +17,7 @@ class Split(ABC):
     labels: np.ndarray  # int64, one per image: an index into `classes`
     classes: list[str]  # class folder names (ImageNet: wnids), sorted
     names: list[str]  # human-readable class names, same order
-    side = 256  # the images' height and width after the preprocessing (a store may have made them another size)
+    side: int  # the images' height and width after the preprocessing (folders.SIDE; a store may have another)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -38,11 +38,24 @@ import torch
 from ..errors import InputError
 from ..files import atomic_write, write_json
 from ..kernels import cpu_kernels
-from .folders import MAX_PIXELS, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
+from ..options import COUNT, argument, option
+from .folders import MAX_PIXELS, SIDE, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
 from .split import Batch, Split
 from .stats import PixelStats, Recipe
 
 VERSION = 2  # 2: rgb.npz on the [0, 1] scale (1 had it on the 0-255 scale)
+
+
+@dataclass
+class PrepareConfig:
+    """`alexnet prepare`'s arguments."""
+
+    src: str = argument("image folder: ROOT/train/<class>/*, ROOT/val/..., or ROOT/<class>/*")
+    dst: str = argument("store folder to write")
+    shard_size: int = option(4096, "images per shard file", accepts=COUNT)
+    workers: int | None = option(None, "decoding processes (default: one per core)", accepts=COUNT)
+    labels: str | None = option(None, "label file of a flat validation folder (default: found in SRC)")
+    size: int = option(SIDE, "side of the stored square images", accepts=COUNT)
 
 
 def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | None], PixelStats]:
@@ -79,7 +92,8 @@ def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) 
     return plan
 
 
-def prepare(src: str | Path, dst: str | Path, size: int = 256, shard_size: int = 4096, workers: int | None = None,
+def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
+            shard_size: int = PrepareConfig.shard_size, workers: int | None = None,
             label_file: str | Path | None = None, progress: bool = True) -> "Store":
     """Preprocess every split of the image folder `src` into the store `dst` on all cores (see above)."""
     from tqdm import tqdm
