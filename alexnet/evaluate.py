@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.augment import center_crop, ten_crop
-from .data.folders import known_class, preprocess
+from .data.folders import known_class
 from .data.loader import Loader
 from .data.sources import open_split, prepared_root
 from .errors import InputError
@@ -142,6 +142,7 @@ def evaluate_checkpoints(paths: list[str], data: str | None, split: str = EvalCo
     networks = load_networks(paths, device, precision)
     source = open_split(prepared_root(data), split)
     first = networks[0]
+    first.check_side(source, data or "the built-in photos")
     if source.classes != first.classes:
         raise InputError(f"{first.info['path']} has {len(first.classes)} classes; the data has "
                          f"{len(source.classes)}" + (" (other ones)" if len(source.classes) == len(
@@ -159,7 +160,7 @@ class Predictions:
     """Images with their class probabilities: what `alexnet predict` prints and plots."""
 
     images: list[str]
-    pixels: np.ndarray  # uint8 (N, 256, 256, 3): each image after the 256×256 preprocessing (§2)
+    pixels: np.ndarray  # uint8 (N, side, side, 3): each image after the preprocessing (§2)
     probs: torch.Tensor  # (N, classes), on the CPU
     classes: list[str]
     names: list[str]
@@ -182,6 +183,6 @@ def predict(path: str, images: list[str], crops: int = PredictConfig.crops, devi
 
     An unreadable image raises BadImageError."""
     (net,) = load_networks([path], device, precision)
-    pixels = np.stack([preprocess(image) for image in images])
+    pixels = np.stack([net.preprocess(image) for image in images])
     probs = probabilities([net], torch.from_numpy(pixels), crops).cpu()
     return Predictions(list(images), pixels, probs, net.classes, net.names, net.crop, crops, net.info["path"])

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .data.augment import center_crop
-from .data.folders import BadImageError, preprocess
+from .data.folders import SIDE, BadImageError, preprocess
 from .data.loader import Loader
 from .data.sources import is_store, open_split, prepared_root
 from .data.store import Store
@@ -96,11 +96,12 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
     net = load_network(path, device, precision)
     root = prepared_root(data)
     source = open_split(root, split)
+    net.check_side(source, root)
     files = [os.path.abspath(f) for f in source.files]
     if not files:
         raise InputError(f"the {split} split of {root} has no images")
     meta = {"format": FEATURES_FORMAT, "checkpoint": os.path.abspath(net.info["path"]),
-            "weights": weights_digest(net.model), "arch": net.record.arch, "crop": net.crop,
+            "weights": weights_digest(net.model), "arch": net.record.arch, "side": source.side, "crop": net.crop,
             "precision": net.precision, "data": os.path.abspath(root), "split": split,
             "count": len(files), "dim": net.model.layers()["fc7"].out_features, "batch_size": batch_size,
             "files": hashlib.sha256("\n".join(files).encode()).hexdigest(),
@@ -204,12 +205,12 @@ class Features:
         return None
 
     def image(self, row: int) -> np.ndarray | None:
-        """The preprocessed 256×256 image of a row: from the store it was read from, or its file; None if
+        """The preprocessed image of a row (side×side): from the store it was read from, or its file; None if
         neither can be read any more."""
         split = self._store
         if split is not None and os.path.abspath(split.files[row]) == self.files[row]:
             return split.read(np.array([row]))[0]
         try:
-            return preprocess(self.files[row])
+            return preprocess(self.files[row], self.meta.get("side", SIDE))  # a folder without "side" holds SIDE
         except BadImageError:
             return None

@@ -6,11 +6,16 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import checkpoint
+from .data.folders import preprocess
+from .data.split import Split
 from .data.stats import Recipe
 from .errors import InputError
 from .record import NetworkRecord
@@ -45,6 +50,19 @@ class Network:
     def names(self) -> list[str]:
         """Human-readable class names, in the order of the outputs."""
         return self.record.names
+
+    def preprocess(self, image: str | Path | BinaryIO) -> np.ndarray:
+        """An image file (or its bytes) preprocessed as the network's inputs were (§2): uint8 (side, side, 3)."""
+        return preprocess(image, self.record.side)
+
+    def check_side(self, split: Split, data: str | Path) -> None:
+        """Raise InputError where a split's images are not of the side the network was trained on (its mean
+        image's), whose crops would be other patches than it learned from."""
+        side = self.record.side
+        if split.side != side:
+            raise InputError(f"{self.info['path']} takes {side}×{side} images (as it was trained); {data} holds "
+                             f"{split.side}×{split.side}: make a store of them with `alexnet prepare SRC STORE "
+                             f"--size {side}`")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of its precision."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.folders import known_class, preprocess
+from .data.folders import known_class
 from .errors import InputError
 from .features import Features, fc7, weights_digest
 from .inference import Network, load_network
@@ -138,7 +138,7 @@ class Neighbors:
     """Query images with the rows of a features folder nearest to each."""
 
     queries: list[str]
-    pixels: np.ndarray  # uint8 (Q, 256, 256, 3): the queries after preprocessing
+    pixels: np.ndarray  # uint8 (Q, side, side, 3): the queries after preprocessing
     truth: list[int | None]  # each query's class, where its location tells it
     distances: np.ndarray  # float64 (Q, k)
     rows: np.ndarray  # int64 (Q, k)
@@ -177,7 +177,7 @@ def find_neighbors(path: str, queries: list[str], features: str | Path, k: int =
     """`alexnet neighbors`: the k images of a features folder whose fc7 features are nearest (Euclidean) to
     each query image's (§6.1, Figure 4); a query that is itself in the folder is left out of its list."""
     store, net = open_features(features, path, device)
-    pixels = np.stack([preprocess(q) for q in queries])
+    pixels = np.stack([net.preprocess(q) for q in queries])
     where = {f: i for i, f in enumerate(store.files)}
     exclude = [where.get(os.path.abspath(q), -1) for q in queries]
     distances, rows = nearest(store.features, fc7(net, torch.from_numpy(pixels), store.meta["crop"]), k, chunk,

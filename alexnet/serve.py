@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .batching import Batcher, BusyError
-from .data.folders import BadImageError, preprocess
+from .data.folders import BadImageError
 from .draw import center
 from .errors import InputError
 from .evaluate import probabilities, top5, top5_records
@@ -45,6 +45,7 @@ from .features import Features, fc7
 from .inference import Network, load_network
 from .neighbors import nearest, neighbor_records, open_features
 from .options import AMOUNT, COUNT, PORT, RATE, argument, option
+from .run_folder import METRICS
 from .runtime import PRECISIONS
 
 FIELD = "image"  # the multipart field of the photo
@@ -74,7 +75,7 @@ class ServeConfig:
 class Job:
     """One decoded photo and what is asked of it."""
 
-    pixels: np.ndarray  # uint8 (256, 256, 3), after the preprocessing of §2
+    pixels: np.ndarray  # uint8 (side, side, 3), after the preprocessing of §2 (Network.preprocess)
     crops: int  # 1 or 10
     k: int  # neighbors, with a features folder
 
@@ -128,7 +129,7 @@ def validation(info: dict) -> dict | None:
     """A checkpoint's validation error (centre crop) at its epoch: from metrics.jsonl beside it where the run
     folder has one with that epoch's row (a line that is not one, as a run being written may leave, is passed
     over), else the best top-1 error it records; None for a network never validated."""
-    metrics = Path(info["path"]).with_name("metrics.jsonl")
+    metrics = Path(info["path"]).with_name(METRICS)
     if metrics.is_file():
         for line in metrics.read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError, TypeError, KeyError):
@@ -235,7 +236,7 @@ def make_app(predictor: Predictor, max_batch: int = ServeConfig.max_batch, max_w
             raise HTTPException(422, f"crops: 1 (the centre patch) or 10 (the ten patches), not {crops}")
         data, name = await _upload(request)
         try:
-            pixels = await run_in_threadpool(preprocess, io.BytesIO(data))
+            pixels = await run_in_threadpool(predictor.net.preprocess, io.BytesIO(data))
         except BadImageError as err:
             raise HTTPException(400, f"{name} is not a usable image: {err.reason}") from None
         try:
