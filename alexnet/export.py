@@ -20,7 +20,7 @@ from torch import nn
 from . import __version__, checkpoint
 from .checkpoint import FORMATS
 from .data.augment import center_crop
-from .data.folders import DEFAULT_DATA, imagenet_classes, list_images, preprocess
+from .data.folders import DEFAULT_DATA, imagenet_classes, list_images
 from .data.stats import Recipe
 from .errors import InputError
 from .files import atomic_write
@@ -168,7 +168,7 @@ class Agreement:
     runtime: str
     images: int
     max_logit_diff: float
-    top5_same: int  # images whose five highest logits name the same classes in the same order
+    top5_same: int  # images whose five highest logits (all, with fewer classes) name the same classes in order
 
     def line(self) -> str:
         """One line for people."""
@@ -193,14 +193,14 @@ def check(ckpt: str | Path, exported: str | Path) -> Agreement:
     else:
         runtime, run = "the weights file", network(checkpoint.load(exported), "cpu", "fp32").model
     images = diff = same = 0
-    photos = list_images(DEFAULT_DATA, "val").files
+    photos, top = list_images(DEFAULT_DATA, "val").files, min(5, len(net.classes))
     with torch.no_grad():
-        for first in range(0, len(photos), CHECK_BATCH):  # preprocessed as the record says (its side)
-            pixels = np.stack([preprocess(f, net.record.side) for f in photos[first:first + CHECK_BATCH]])
+        for first in range(0, len(photos), CHECK_BATCH):
+            pixels = np.stack([net.preprocess(f) for f in photos[first:first + CHECK_BATCH]])
             x = center_crop(torch.from_numpy(pixels), net.recipe, net.crop)
             ours, theirs = net.model(x), run(x)
             images, diff = images + len(x), max(diff, float((ours - theirs).abs().max()))
-            same += int((ours.topk(5).indices == theirs.topk(5).indices).all(1).sum())
+            same += int((ours.topk(top).indices == theirs.topk(top).indices).all(1).sum())
     return Agreement(runtime, images, diff, same)
 
 

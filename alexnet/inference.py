@@ -80,7 +80,7 @@ def network(state: dict, device: str = "auto", precision: str = "auto", batch: i
     faster for inference on batches of `batch` images with this network on this machine
     (runtime.choose_precision): which one is can depend on the batch (bf16 gains more from larger ones)."""
     dev = choose_device(device)
-    info = {k: state.get(k) for k in checkpoint.INFO}
+    info = {k: state[k] for k in checkpoint.INFO if k in state}
     net = ready(checkpoint.model_from(state), state["network"], info, dev, "fp32")
     net.precision = choose_precision(precision, dev, functools.partial(_seconds, net, batch=batch),
                                      f"{net.record.arch} inference, batch {batch}").name

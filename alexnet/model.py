@@ -108,6 +108,9 @@ class AlexNet(nn.Module):
             weight = conv4.weight[:, :inputs]
         elif name == "conv5":
             per, keep = conv4.out_channels // groups, self.conv5.out_channels // groups
+            if keep > per:  # `half`: conv5 keeps the paper's 256 kernels, conv4 has 192
+                raise InputError(f"cannot remove conv5: conv4 has fewer kernels ({conv4.out_channels}) than the "
+                                 f"{self.conv5.out_channels} maps fc6 takes; remove conv3 or conv4")
             kept = torch.cat([torch.arange(g * per, g * per + keep) for g in range(groups)])
             weight = conv4.weight[kept]
         if name != "conv4":

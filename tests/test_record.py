@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import photo_folder
+from conftest import one_line_error, photo_folder
 from fastapi.testclient import TestClient
 
 from alexnet import checkpoint
@@ -29,7 +29,7 @@ SMALL = {"width": 0.125, "crop": 64}  # the paper's layouts at their smallest: 6
 # (arch, the record's other fields): every architecture, a width, each removed layer, each LRN formula
 VARIANTS = [("paper", SMALL), ("paper-1tower", SMALL), ("half", SMALL), ("caffenet", SMALL), ("owt", {}),
             ("paper", {"width": 0.25, "crop": 64}), ("paper", {**SMALL, "remove": "conv3"}),
-            ("paper-1tower", {**SMALL, "remove": "conv4"}), ("half", {**SMALL, "remove": "conv5"}),
+            ("paper-1tower", {**SMALL, "remove": "conv5"}), ("half", {**SMALL, "remove": "conv4"}),
             ("paper", {**SMALL, "lrn": "cuda-convnet"}), ("paper", {**SMALL, "lrn": "caffe"}),
             ("caffenet", {**SMALL, "lrn": "none"})]
 
@@ -85,7 +85,7 @@ def test_every_variant_round_trips_through_every_format_and_command(arch, fields
         main(["predict", str(path), str(PHOTO), "--json", "--precision", "fp32", "--crops", "1"])
         assert len(json.loads(capsys.readouterr().out)[0]["top5"]) == min(5, len(record.classes))
         main(["filters", str(path), "--out", str(tmp_path / "conv1.png")])
-        assert (tmp_path / "conv1.png").is_file()
+        assert (tmp_path / "conv1.png").is_file() and "wrote" in capsys.readouterr().out
     features = tmp_path / "features"
     main(["features", str(ckpt), "--data", str(store), "--out", str(features), "--no-progress", "--precision", "fp32"])
     main(["neighbors", str(weights), str(PHOTO), "--features", str(features), "--k", "3", "--json"])
@@ -102,7 +102,7 @@ def test_every_variant_round_trips_through_every_format_and_command(arch, fields
         assert torch.equal(model(x), want)
 
 
-def test_the_files_of_the_first_version_read_back_as_they_were(stores, tmp_path):
+def test_the_files_of_the_first_version_read_back_as_they_were(stores, tmp_path, capsys):
     """tests/fixtures/: a checkpoint and a weights file written by the first version (see its README): a
     `paper` network at width 0.125, without conv3, on 64×64 crops of 72×72 images of 3 classes, its LRN unset."""
     old, weights = FIXTURES / "v1-checkpoint.pt", FIXTURES / "v1-weights.safetensors"
@@ -124,6 +124,10 @@ def test_the_files_of_the_first_version_read_back_as_they_were(stores, tmp_path)
     checkpoint.save(resaved, {k: v for k, v in state.items() if k not in ("format", "path")})
     assert torch.load(resaved, weights_only=True)["network"]["version"] == 2
     assert same(checkpoint.load(resaved)["network"], net)
+    # it takes the 72×72 images it was trained on: data of another side is refused, a photo is made to fit
+    one_line_error(capsys, ["eval", str(old), "--data", str(stores[256])], "takes 72×72 images (as it was trained)")
+    main(["predict", str(weights), str(PHOTO), "--json", "--crops", "10"])
+    assert len(json.loads(capsys.readouterr().out)[0]["top5"]) == 3
 
 
 def test_a_record_of_a_newer_version_or_not_a_record_is_a_one_line_error(tmp_path):
@@ -141,6 +145,8 @@ def test_a_record_of_a_newer_version_or_not_a_record_is_a_one_line_error(tmp_pat
     torch.save(raw, newer)
     with pytest.raises(InputError, match="not a network record"):
         checkpoint.load(newer)
+    with pytest.raises(InputError, match="cannot remove conv5: conv4 has fewer kernels"):  # half's conv4 is narrower
+        build_model(NetworkRecord.of("half", 3, remove="conv5"))
     bad = dataclasses.replace(state["network"], arch="vgg")
     with pytest.raises(InputError, match="unknown architecture 'vgg'"):
         build_model(bad)
