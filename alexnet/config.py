@@ -1,6 +1,6 @@
 """The configuration of `alexnet train`: every option declared once (TrainConfig), and how a run resolves it before
 its run folder exists: the defaults that depend on the data and the budget, the defaults on fewer classes than
-ImageNet's (the initialization, the clip, the order), and a resumed run's configuration. Once resolved, a run's
+ImageNet's (few_classes.py: the initialization, the clip), and a resumed run's configuration. Once resolved, a run's
 configuration does not change; what a run decides while it trains (the epochs a budget fits) is its state, kept
 in its checkpoints."""
 
@@ -8,8 +8,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import InputError, count
+from .few_classes import CLIP, PAPER_CLASSES, default_clip, default_init
 from .lrn import MODES
-from .model import ARCHS, INITS, MIDDLE, PAPER_CLASSES, WIDTHS, default_init
+from .model import ARCHS, INITS, MIDDLE, WIDTHS
 from .optim import SCHEDULES
 from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, Accepts, check, option, resumed
 from .run_folder import LAST
@@ -25,11 +26,6 @@ PAPER_SCHEDULE = "plateau"  # §5: divide by 10 "when the validation error rate 
 PARALLEL = ("data", "towers")
 AUGMENTATIONS = ("paper", "crops", "none")
 ORDERS = ("shuffled", "stratified")
-# Below PAPER_CLASSES classes a step's gradient is scaled down to this norm where it is longer. On a few classes
-# fc8's steepest direction, fc7's mean output, turns unstable at §5's rate as the network learns, and the loss leaps;
-# the gradient's norm, 2-4.5 in a steady step, reaches 10-28 in a leap (docs/reproduction.md, "The defaults on a few
-# classes: clipped gradients").
-CLIP = 5.0
 # What a run saved before an option existed did, for the options that came later with another default
 BEFORE = {"order": "shuffled", "clip": 0.0}
 CROP = Accepts("a whole number of at least 64", lambda v: v >= 64)
@@ -116,13 +112,6 @@ def fill_defaults(cfg: TrainConfig) -> TrainConfig:
         cfg = dataclasses.replace(cfg, minutes=cfg.minutes or BUILT_IN_MINUTES)
     schedule = cfg.schedule or (BUDGET_SCHEDULE if cfg.minutes else PAPER_SCHEDULE)
     return dataclasses.replace(cfg, epochs=cfg.epochs or PAPER_EPOCHS, schedule=schedule)
-
-
-def default_clip(classes: int) -> tuple[float, str]:
-    """The gradient norm a run clips at when --clip is not given (0: none), and why (CLIP)."""
-    if classes >= PAPER_CLASSES:
-        return 0.0, "§5's"
-    return CLIP, f"below {PAPER_CLASSES} classes; --clip 0 for §5's steps"
 
 
 def resolve(cfg: TrainConfig, classes: int) -> tuple[TrainConfig, str, str]:

@@ -20,7 +20,6 @@ from .lrn import LRN
 
 ARCHS = ("paper", "paper-1tower", "owt", "caffenet", "half")
 INITS = ("paper", "caffe", "torchvision", "centered")
-PAPER_CLASSES = 1000  # from this many classes on, §5's initialization trains at §5's learning rate (ImageNet)
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 KERNELS = (96, 256, 384, 384, 256)  # §3.5: conv1-conv5
 FC = 4096  # §3.5: the units of fc6 and fc7
@@ -219,28 +218,6 @@ def init_weights(model: nn.Module, scheme: str = "paper") -> None:
         std = 0.005 if scheme == "caffe" and name in ("fc6", "fc7") else 0.01
         nn.init.normal_(layer.weight, 0.0, std)
         nn.init.constant_(layer.bias, one if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
-
-
-def default_init(arch: str, classes: int) -> tuple[str, str]:
-    """The initialization an architecture gets when none is named, and why.
-
-    §5's (weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7) makes fc7's 4096 outputs start
-    near 1, so that a step of fc8 moves every logit by about lr·4096 times its gradient. On ImageNet's
-    1000 classes that gradient averages out; on a few classes it does not. Measured at §5's learning rate
-    on 2, 3 and 4 classes of Imagenette: the loss rises 2-45 nats above ln(classes) within ten steps,
-    comes back to ln(classes) and stays there while fc7's units stop firing (DeadGuard); a warm-up of one
-    epoch delays the rise but does not prevent it (2, 3 and 10 classes). PyTorch's default initialization
-    learned on 2, 3 and 10 classes, its fc7 units firing throughout, but slowly: 14 steps on 10 classes did
-    not move the loss 0.1 below ln 10. "centered" moves it there, with stratified batches; on 2 and 3 classes
-    it needs the clipped gradient that goes with it by default (config.CLIP; docs/reproduction.md).
-    """
-    if arch == "owt":
-        return "torchvision", "torchvision's own"
-    if arch == "caffenet":
-        return "caffe", "Caffe's own"
-    if classes >= PAPER_CLASSES:
-        return "paper", "§5's"
-    return "centered", "§5's dies on few classes at §5's learning rate; --init paper for it"
 
 
 def architecture_lrn(arch: str) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .data.stats import Recipe
 from .errors import InputError
+from .few_classes import default_init
 from .model import (
     ARCHS,
     HALF_KERNELS,
@@ -30,7 +31,6 @@ from .model import (
     AlexNet,
     OWTAlexNet,
     architecture_lrn,
-    default_init,
     init_weights,
     input_side,
 )

@@ -14,6 +14,7 @@ from PIL import Image
 
 import alexnet.cli
 import alexnet.config
+import alexnet.few_classes
 import alexnet.train
 from alexnet import checkpoint
 from alexnet.cli import main
@@ -213,7 +214,7 @@ def test_few_classes_get_the_clip_and_a_run_from_before_the_options_resumes_as_i
         del state["config"][name]
     old = alexnet.config.saved_config(state)
     assert (old.clip, old.order) == (0.0, "shuffled")
-    assert [alexnet.config.default_clip(n)[0] for n in (2, 999, 1000, 21841)] == [5.0, 5.0, 0.0, 0.0]
+    assert [alexnet.few_classes.default_clip(n)[0] for n in (2, 999, 1000, 21841)] == [5.0, 5.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize(("option", "value", "accepts"), [
