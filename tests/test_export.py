@@ -25,13 +25,13 @@ from alexnet.data.folders import DEFAULT_DATA, imagenet_classes, preprocess
 from alexnet.data.store import Store
 from alexnet.errors import InputError
 from alexnet.evaluate import evaluate_checkpoints, predict
-from alexnet.export import check, export, read_metadata
+from alexnet.export import check, export, read_metadata, read_record
 from alexnet.features import extract_features
 from alexnet.inference import load_network
 from alexnet.lrn import FORMULAS
 from alexnet.model import ARCHS, architecture_lrn
 from alexnet.neighbors import find_neighbors
-from alexnet.record import NetworkRecord, build_model
+from alexnet.record import build_model
 from alexnet.train import TrainConfig, Trainer, open_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +41,18 @@ PHOTO = sorted((DEFAULT_DATA / "val").glob("*/*"))[0]
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     """A checkpoint of every variant on the built-in photos' 10 classes: one real snapshot, its weights
-    swapped for each architecture's own, with the errors measured recorded as a run records them."""
+    swapped for each architecture's own, with the errors measured recorded as a run records them; the paper's
+    layouts at their smallest (what an export must carry holds at any size, their full size is test_record's
+    and test_model's), owt as torchvision has it."""
     out = tmp_path_factory.mktemp("ckpt")
-    cfg = TrainConfig(data=None, epochs=1, progress=False)
+    cfg = TrainConfig(data=None, epochs=1, progress=False, width=0.125, crop=64)
     snapshot = Trainer(cfg, open_data(cfg), out).snapshot()
     snapshot["measured"] = {"data": "the built-in photos", "split": "val", "crops": 1, "images": 200,
                             "top1_error": 0.5, "top5_error": 0.25}
     paths, trained = {}, snapshot["network"]
     for arch in ARCHS:
-        record = dataclasses.replace(trained, arch=arch, lrn=architecture_lrn(arch))
+        size = {"width": 1.0, "crop": 224} if arch == "owt" else {}
+        record = dataclasses.replace(trained, arch=arch, lrn=architecture_lrn(arch), **size)
         paths[arch] = out / f"{arch}.pt"
         checkpoint.save(paths[arch], {**snapshot, "network": record, "model": build_model(record).state_dict()})
     yield paths
@@ -82,7 +85,7 @@ def test_onnx_of_every_variant_agrees_with_pytorch(ckpts, arch, tmp_path):
 def test_safetensors_loads_back_strictly_with_identical_logits(ckpts, tmp_path):
     out = tmp_path / "paper.safetensors"
     meta = export(ckpts["paper"], out)
-    model = build_model(NetworkRecord.of(meta["arch"], len(meta["classes"]), lrn=meta["lrn"]))
+    model = build_model(read_record(out))
     model.load_state_dict(load_file(out), strict=True)
     original, loaded = checkpoint.load(ckpts["paper"]), checkpoint.load(out)
     x = center_crop(torch.from_numpy(preprocess(PHOTO))[None], original["network"].recipe, original["network"].crop)

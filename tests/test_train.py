@@ -40,12 +40,28 @@ def run(*args: str, world: int = 1, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, request):
-    """A store of real photos: 4 classes, 96 training and 21 validation images."""
+def photos(tmp_path_factory):
+    """Real photos: 4 classes, 96 training and 21 validation images."""
     root = photo_folder(tmp_path_factory.mktemp("photos"), train=24, val=6)
     for f in sorted((root / "val" / sorted(os.listdir(root / "val"))[0]).iterdir())[3:]:
         f.unlink()  # 21 validation images: a count that splits unevenly over processes and batches
-    return prepare(root, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(photos, tmp_path_factory):
+    """The photos as a store of 256×256 images."""
+    return prepare(photos, tmp_path_factory.mktemp("store") / "store", workers=2, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def small(photos, tmp_path_factory):
+    """The photos as a store of 72×72 images, for runs of the network at its smallest (SMALL): what a test of
+    the loop's bookkeeping (resume, processes, NaNs, schedules) checks holds at any size, in a tenth of the time."""
+    return prepare(photos, tmp_path_factory.mktemp("small") / "store", size=72, workers=2, progress=False).path
+
+
+SMALL = ("--width", "0.25", "--crop", "64")  # a quarter of the kernels on 64×64 crops of 72×72 images
 
 
 def config(store: Path, tmp_path: Path, **kw) -> TrainConfig:
@@ -76,9 +92,9 @@ def test_the_defaults_learn_on_the_built_in_photos_within_two_epochs_and_fill_th
     assert {k: state["measured"][k] for k in last} == last and state["measured"]["data"].startswith("the built-in")
 
 
-def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path):
-    args = ["train", "--data", str(store), "--epochs", "2", "--batch-size", "8", "--lr", "0.001", "--no-progress",
-            "--out", str(tmp_path), "--width", "0.25"]  # a quarter of the kernels: checkpoints 1/16 the size
+def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(small, tmp_path):
+    args = ["train", "--data", str(small), "--epochs", "2", "--batch-size", "8", "--lr", "0.001", "--no-progress",
+            "--out", str(tmp_path), *SMALL]
     straight = run(*args, "--name", "straight", "--save-every", "0")
     assert straight.returncode == 0, straight.stderr
     hints = straight.stdout[straight.stdout.index("next:\n"):].splitlines()[1:]
@@ -91,7 +107,7 @@ def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path
     assert stopped["epoch"] == 0 and 1 <= stopped["step"] < 12, "the kill should land mid-epoch"
     resumed = run("train", "--resume", str(tmp_path / "killed"), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"eval {tmp_path / 'killed' / 'best.pt'} --data {store} --crops 10" in resumed.stdout  # the run's data
+    assert f"eval {tmp_path / 'killed' / 'best.pt'} --data {small} --crops 10" in resumed.stdout  # the run's data
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "killed")
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
     assert [r["val_top1"] for r in a] == [r["val_top1"] for r in b]
@@ -100,10 +116,10 @@ def test_resume_after_kill_mid_epoch_equals_an_uninterrupted_run(store, tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_two_processes_with_64_each_equal_one_with_128(store, tmp_path):
-    common = ["train", "--data", str(store), "--epochs", "1", "--batch-size", "128", "--max-steps", "1",
+def test_two_processes_with_64_each_equal_one_with_128(small, tmp_path):
+    common = ["train", "--data", str(small), "--epochs", "1", "--batch-size", "128", "--max-steps", "1",
               "--dropout", "0", "--no-progress", "--out", str(tmp_path), "--lr", "0.05", "--precision", "fp32",
-              "--width", "0.25"]
+              *SMALL]
     # 96 training images: one step of the whole set, split 48 + 48 over two processes
     one, two = run(*common, "--name", "one"), run(*common, "--name", "two", world=2)
     assert one.returncode == 0, one.stderr
@@ -120,7 +136,7 @@ def test_two_processes_with_64_each_equal_one_with_128(store, tmp_path):
     assert ra[0]["val_top1"] == pytest.approx(rb[0]["val_top1"], abs=1 / 21 + 1e-9)
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = alexnet.train.F.cross_entropy
 
@@ -131,7 +147,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(store, tmp_pa
 
     monkeypatch.setattr(alexnet.train.F, "cross_entropy", poisoned)
     with pytest.raises(DivergedError, match="epoch 2, step 3.*last.pt"):
-        train(config(store, tmp_path, epochs=3))
+        train(config(small, tmp_path, epochs=3, width=0.25, crop=64))
     state = checkpoint.load(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
@@ -280,8 +296,8 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(store, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
-def test_a_resumed_cosine_run_given_more_epochs_trains_them(store, tmp_path):
-    first = train(config(store, tmp_path, epochs=1, schedule="cosine", dropout=0.0))
+def test_a_resumed_cosine_run_given_more_epochs_trains_them(small, tmp_path):
+    first = train(config(small, tmp_path, epochs=1, schedule="cosine", dropout=0.0, width=0.25, crop=64))
     before = checkpoint.load(first / "last.pt")["model"]
     train(TrainConfig(resume=str(first), epochs=3, progress=False))
     rows = metrics(first)
@@ -292,8 +308,8 @@ def test_a_resumed_cosine_run_given_more_epochs_trains_them(store, tmp_path):
     assert after["config"]["epochs"] == 3 and not torch.equal(after["model"]["fc8.weight"], before["fc8.weight"])
 
 
-def test_a_resume_keeps_the_runs_recipe_and_says_what_it_may_change(store, tmp_path, capsys):
-    run_dir = train(config(store, tmp_path, epochs=1, max_steps=1))
+def test_a_resume_keeps_the_runs_recipe_and_says_what_it_may_change(small, tmp_path, capsys):
+    run_dir = train(config(small, tmp_path, epochs=1, max_steps=1, width=0.25, crop=64))
     for args, message in ((["--arch", "owt"], "--arch owt: the run to resume has 'paper'"),
                           (["--data", str(tmp_path)], f"--data {tmp_path}: the run to resume has"),
                           (["--lr", "0.1"], "--lr 0.1: the run to resume has 0.01"),
@@ -396,14 +412,14 @@ def test_a_budget_fits_the_epochs_to_the_first_epochs_time(store, tmp_path):
     assert trainer.epochs == 1
 
 
-def test_a_budgeted_run_records_its_plan_and_a_resume_keeps_it(store, tmp_path, capsys):
-    run_dir = train(config(store, tmp_path, epochs=None, minutes=0.2, width=0.25))
+def test_a_budgeted_run_records_its_plan_and_a_resume_keeps_it(small, tmp_path, capsys):
+    run_dir = train(config(small, tmp_path, epochs=None, minutes=0.1, width=0.25, crop=64))
     printed = capsys.readouterr().out
     saved = json.loads((run_dir / "config.json").read_text())
     state = checkpoint.load(run_dir / "last.pt")
     planned = state["planned_epochs"]
-    assert "--minutes 0.2: " in printed and f"{planned} epoch" in printed
-    assert saved["minutes"] == 0.2 and 1 <= planned == len(metrics(run_dir))
+    assert "--minutes 0.1: " in printed and f"{planned} epoch" in printed
+    assert saved["minutes"] == 0.1 and 1 <= planned == len(metrics(run_dir))
     assert state["planned"] and saved["epochs"] == state["config"]["epochs"] == 90  # the most it may train
     with pytest.raises(InputError, match=f"the run has trained all its {planned} epoch"):
         train(TrainConfig(resume=str(run_dir), progress=False))  # the plan is kept, not made again
