@@ -69,10 +69,13 @@ def load(path: str | Path) -> dict:
         raise InputError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_words(err)})") from None
     if not isinstance(state, dict) or state.get("format") not in FORMATS_READ:
         raise InputError(f"{path} is not an alexnet checkpoint")
-    if state["format"] == FORMAT:
-        network = NetworkRecord.from_state(state["network"])
-    else:
-        network = NetworkRecord.from_state({k: state.pop(k) for k in _RECORD_V1 if k in state}, state["model"])
+    try:
+        if state["format"] == FORMAT:
+            network = NetworkRecord.from_state(state.get("network"))
+        else:
+            network = NetworkRecord.from_state({k: state.pop(k) for k in _RECORD_V1 if k in state}, state.get("model"))
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
     return {**state, "format": FORMAT, "network": network, "path": str(path)}
 
 
@@ -123,11 +126,16 @@ def _load_weights(path: Path) -> dict:
     if header.get("format") not in WEIGHTS_FORMATS_READ:
         raise InputError(f"{path} is not an alexnet weights file (a state dict of torchvision's? see "
                          "`alexnet import-torchvision`)")
-    metadata = json.loads(header["metadata"])
-    if header["format"] == WEIGHTS_FORMAT:
-        network = NetworkRecord.from_json(json.loads(header["network"]))
-    else:  # version 1: the record's fields in the metadata, the recipe beside it
-        fields = {k: metadata[k] for k in _RECORD_V1 if k in metadata}
-        network = NetworkRecord.from_json({**fields, "recipe": json.loads(header["recipe"])}, model)
+    try:
+        metadata = json.loads(header["metadata"])
+        if header["format"] == WEIGHTS_FORMAT:
+            network = NetworkRecord.from_json(json.loads(header["network"]))
+        else:  # version 1: the record's fields in the metadata, the recipe beside it
+            fields = {k: metadata[k] for k in _RECORD_V1 if k in metadata}
+            network = NetworkRecord.from_json({**fields, "recipe": json.loads(header["recipe"])}, model)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+    except (KeyError, ValueError) as err:  # a header cut or edited: JSON that does not parse, a key missing
+        raise InputError(f"{path} is not a readable alexnet weights file ({type(err).__name__} {err})") from None
     return {"format": FORMAT, "network": network, "model": model, "config": metadata.get("config"),
             "measured": metadata.get("measured"), "path": str(path)}

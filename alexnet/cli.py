@@ -360,10 +360,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"alexnet {command}: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as err:
-        from .train import DivergedError  # raised by the commands that train, which have imported it already
-
-        if not isinstance(err, DivergedError):
-            raise
+    except DivergedError as err:
         print(f"alexnet {command}: stopped: {err}", file=sys.stderr)
         sys.exit(1)

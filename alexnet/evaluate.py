@@ -142,7 +142,8 @@ def evaluate_checkpoints(paths: list[str], data: str | None, split: str = EvalCo
     networks = load_networks(paths, device, precision)
     source = open_split(prepared_root(data), split)
     first = networks[0]
-    first.check_side(source, data or "the built-in photos")
+    for net in networks:
+        net.check_side(source, data or "the built-in photos")
     if source.classes != first.classes:
         raise InputError(f"{first.info['path']} has {len(first.classes)} classes; the data has "
                          f"{len(source.classes)}" + (" (other ones)" if len(source.classes) == len(

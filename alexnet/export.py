@@ -145,7 +145,8 @@ def read_metadata(path: str | Path) -> dict:
 
         with safe_open(path, "pt") as f:
             header = f.metadata()
-        return {**json.loads(header["metadata"]), "network": json.loads(header["network"])}
+        record = {"network": json.loads(header["network"])} if "network" in header else {}  # none in version 1
+        return {**json.loads(header["metadata"]), **record}
     if fmt == "onnx":
         import onnx
 
@@ -157,8 +158,14 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def read_record(path: str | Path) -> NetworkRecord:
-    """The record of the network in an exported file of any format."""
-    return NetworkRecord.from_json(read_metadata(path)["network"])
+    """The record of the network in an exported file of any format (a weights file of any version)."""
+    if _format(path) == "safetensors":
+        return checkpoint.load(path)["network"]
+    meta = read_metadata(path)
+    if "network" not in meta:
+        raise InputError(f"{path} was exported by an earlier alexnet, which wrote no network record into it; "
+                         "export its checkpoint again")
+    return NetworkRecord.from_json(meta["network"])
 
 
 @dataclass

@@ -103,17 +103,22 @@ class NetworkRecord:
         value = dict(value)
         r = value.get("recipe")
         if isinstance(r, dict) and isinstance(r.get("mean"), str):
-            mean = np.frombuffer(base64.b64decode(r["mean"]), "<f4").reshape(r["mean_shape"])
-            value["recipe"] = {"mean": torch.from_numpy(mean.copy()), "eigval": torch.tensor(r["eigval"]),
-                               "eigvec": torch.tensor(r["eigvec"]),
-                               "scale": None if r.get("scale") is None else torch.tensor(r["scale"])}
+            try:
+                mean = np.frombuffer(base64.b64decode(r["mean"]), "<f4").reshape(r["mean_shape"])
+                value["recipe"] = {"mean": torch.from_numpy(mean.copy()), "eigval": torch.tensor(r["eigval"]),
+                                   "eigvec": torch.tensor(r["eigvec"]),
+                                   "scale": None if r.get("scale") is None else torch.tensor(r["scale"])}
+            except (KeyError, TypeError, ValueError) as err:
+                raise InputError(f"not a network record: its recipe is damaged ({type(err).__name__})") from None
         return cls.from_state(value, weights)
 
     @classmethod
     def from_state(cls, state: dict, weights: dict[str, torch.Tensor] | None = None) -> "NetworkRecord":
         """The record of `to_state`, or of any earlier version: version 1 held no `version`, its `lrn` could be
         None (the architecture's own), and early files had no width or remove, which `weights` then tell."""
-        version = state.get("version", 1)
+        version = state.get("version", 1) if isinstance(state, dict) else None
+        if not isinstance(version, int):
+            raise InputError("not a network record")
         if version > VERSION:
             raise InputError(f"a network record of version {version}: this alexnet reads versions up to {VERSION}; "
                              "a newer alexnet wrote it")
@@ -121,15 +126,15 @@ class NetworkRecord:
             arch, classes = state["arch"], list(state["classes"])
             fields = {"names": list(state["names"]), "lrn": state["lrn"], "dropout": float(state["dropout"]),
                       "crop": int(state["crop"])}
-        except (KeyError, TypeError, ValueError) as err:
+            width, remove = state.get("width"), state.get("remove")
+            if version == 1 and weights is not None and "width" not in state:
+                width, remove = _shape_of(arch, weights)
+            fields.update(width=float(width or 1.0), remove=remove)
+            r = state.get("recipe")
+            if r is not None:
+                fields["recipe"] = Recipe(r["mean"], r["eigval"], r["eigvec"], r.get("scale"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputError(f"not a network record: {type(err).__name__} {err}") from None
-        width, remove = state.get("width"), state.get("remove")
-        if version == 1 and weights is not None and "width" not in state:
-            width, remove = _shape_of(arch, weights)
-        fields.update(width=float(width or 1.0), remove=remove)
-        r = state.get("recipe")
-        if r is not None:
-            fields["recipe"] = Recipe(r["mean"], r["eigval"], r["eigvec"], r.get("scale"))
         return cls.of(arch, classes, **fields)
 
 

@@ -224,6 +224,8 @@ def test_torch_hub_loads_the_model_from_a_local_checkout(ckpts, tmp_path):
     assert torch.hub.load(str(ROOT), "alexnet", source="local", arch="caffenet", num_classes=7).fc8.out_features == 7
     with pytest.raises(InputError, match="holds a 'owt' network"):
         torch.hub.load(str(ROOT), "alexnet", source="local", arch="paper", weights=str(weights))
+    with pytest.raises(InputError, match="num_classes, width cannot change it"):
+        torch.hub.load(str(ROOT), "alexnet", source="local", weights=str(weights), num_classes=7, width=0.5)
 
 
 def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_weights, tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import one_line_error, photo_folder
 from fastapi.testclient import TestClient
+from safetensors.torch import save_file
 
 from alexnet import checkpoint
 from alexnet.cli import main
@@ -112,7 +113,7 @@ def test_the_files_of_the_first_version_read_back_as_they_were(stores, tmp_path,
     assert net.classes == ["n01440764", "n02102040", "n02979186"] and net.names[0] == "tench"
     assert state["epoch"] == 0 and state["total_steps"] == 1 and state["config"]["width"] == 0.125
     # the weights file of version 1 had no width and no removed layer: its weights tell them
-    assert same(checkpoint.load(weights)["network"], net)
+    assert same(checkpoint.load(weights)["network"], net) and same(read_record(weights), net)
     assert torch.equal(logits(weights, net), logits(old, net))
     # a version-1 checkpoint from before width and remove existed: the weights tell them too
     raw = torch.load(old, weights_only=True)
@@ -147,6 +148,19 @@ def test_a_record_of_a_newer_version_or_not_a_record_is_a_one_line_error(tmp_pat
         checkpoint.load(newer)
     with pytest.raises(InputError, match="cannot remove conv5: conv4 has fewer kernels"):  # half's conv4 is narrower
         build_model(NetworkRecord.of("half", 3, remove="conv5"))
+    raw["network"] = "paper"
+    torch.save(raw, newer)
+    with pytest.raises(InputError, match="newer.pt: not a network record"):
+        checkpoint.load(newer)
+    # a weights file whose header was cut or edited
+    weights = tmp_path / "damaged.safetensors"
+    save_file({"w": torch.zeros(1)}, weights, {"format": "alexnet-safetensors-2", "metadata": "{}", "network": "{"})
+    with pytest.raises(InputError, match="damaged.safetensors is not a readable alexnet weights file"):
+        checkpoint.load(weights)
+    save_file({"w": torch.zeros(1)}, weights, {"format": "alexnet-safetensors-2", "metadata": "{}",
+                                               "network": json.dumps({"version": 2, "arch": "paper"})})
+    with pytest.raises(InputError, match="damaged.safetensors: not a network record: KeyError"):
+        checkpoint.load(weights)
     bad = dataclasses.replace(state["network"], arch="vgg")
     with pytest.raises(InputError, match="unknown architecture 'vgg'"):
         build_model(bad)
