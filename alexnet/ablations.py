@@ -41,7 +41,7 @@ from .experiments import epochs_to_reach
 from .files import write_json, write_text
 from .final_evaluation import final_evaluation
 from .options import COUNT, RATE, SIZE, check, option
-from .report import error_curves, results_text
+from .report import error_curves, out_folder, results_text
 from .run_folder import LAST, METRICS
 from .runtime import PRECISIONS, machine
 from .spread import paired, spread
@@ -125,7 +125,7 @@ class StudyConfig:
     data: str = option(None, "a store from `alexnet prepare` with train and val splits (Imagenette: `alexnet "
                              "prepare IMAGENETTE STORE --size 76` for the default scale, without --size for "
                              "--full); required", required=True)
-    out: str | None = option(None, "folder for the figure, curves and results")  # None: runs/experiments/NAME
+    out: str | None = option(None, "folder for the figure, curves and results")  # None: report.out_folder
     runs: str = option("runs/experiments/variants", "folder of the variants' run folders, shared by the "
                                                     "experiments: a variant trained before is reused")
     full: bool = option(False, "the paper's scale (a GPU's work): all kernels, 224 crops, 90 epochs")
@@ -151,8 +151,8 @@ class StudyConfig:
         """The Trainer's configuration of one variant and seed; its run folder is named by its settings."""
         scale = dict(SCALES["full" if self.full else "cpu"])
         scale.update({k: getattr(self, k) for k in scale if getattr(self, k) is not None})
-        # the recipe the documented results were measured with (alexnet train's defaults before 2026-12-07):
-        # PyTorch's initialization at the CPU scale, and at both scales a plain shuffle without clipping
+        # the recipe the documented results were measured with (docs/experiments.md), which their comparisons
+        # need: PyTorch's initialization at the CPU scale, and at both scales a plain shuffle without clipping
         cfg = TrainConfig(data=self.data, schedule="cosine", batch_size=self.batch_size, lr=self.lr, seed=seed,
                           device=self.device, precision=self.precision, progress=self.progress, save_every=0,
                           out=self.runs, init=None if self.full else "torchvision", order="shuffled", clip=0.0,
@@ -196,7 +196,7 @@ def run_study(config: StudyConfig) -> dict:
     if config.study not in STUDIES:
         raise InputError(f"unknown experiment {config.study!r}; expected one of {', '.join(STUDIES)}")
     study = STUDIES[config.study]
-    out = Path(config.out or f"runs/experiments/{config.study}").expanduser()
+    out = out_folder(config.out, config.study)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(config))
     where, started = machine(), time.monotonic()
@@ -212,7 +212,7 @@ def run_study(config: StudyConfig) -> dict:
     write_curves(out / "curves.csv", records, config.seed)
     write_json(out / "results.json", results)
     plot(out / f"{config.study}.png", study, records, results["settings"])
-    print(report(results))
+    print(study_report(results))
     print(f"wrote {out / 'curves.csv'}, {out / 'results.json'} and {out / (config.study + '.png')}")
     return results
 
@@ -251,7 +251,7 @@ def convergence(records: dict[str, list[dict]]) -> dict:
     return {"epochs": epochs, "ratio": None if None in ratios else spread(ratios)}
 
 
-def report(results: dict) -> str:
+def study_report(results: dict) -> str:
     """The results as a few lines of text (report.results_text): each variant's errors, then each claim's
     difference."""
     table = {label: {"val top-1": _range(v["val_top1"]), "train top-1": _range(v["train_top1"])}

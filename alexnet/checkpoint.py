@@ -6,7 +6,7 @@ A checkpoint (.pt: torch.save, read with torch.load(weights_only=True)) holds
     model                its state dict
     config, measured     the run's configuration (as config.json), the validation errors of these weights
     epoch, best          epochs trained, the lowest validation top-1 error so far
-    optimizer, schedule, step, total_steps, sums, planned, rng, cuda_rng
+    optimizer, schedule, step, total_steps, sums, planned, planned_epochs, rng, cuda_rng
                          a run's state, from which `train --resume` continues exactly (train.Trainer.snapshot)
 A weights file (.safetensors) holds the state dict under the model's own keys, and in its header the record and
 the metadata of an export (export.metadata); every command that takes a checkpoint takes it.
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, first_words
 from .files import atomic_write
 from .record import NetworkRecord, build_model
 from .run_folder import BEST, LAST
@@ -82,12 +82,6 @@ def load(path: str | Path) -> dict:
 def of_run(folder: Path) -> Path:
     """A run folder's checkpoint to use: best.pt, or last.pt where none is best yet (within the first epoch)."""
     return folder / BEST if (folder / BEST).is_file() else folder / LAST
-
-
-def first_words(err: Exception, most: int = 100) -> str:
-    """The start of an exception's message: its first sentence, cut at a word within `most` characters."""
-    line = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
-    return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."
 
 
 def model_from(state: dict) -> nn.Module:

@@ -318,6 +318,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     if p := add("experiment", "the paper's claims as experiments, with seeds", _experiment):
         from .ablations import STUDIES, StudyConfig
         from .experiments import EXPERIMENTS, ExperimentConfig
+        from .report import out_folder
 
         p.description = ("Train the variants of a network that a claim of the paper is about, from the same "
                          "initial weights through the same mini-batches, for several seeds; write their curves, a "
@@ -330,13 +331,13 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                        description=f"{setup.title}: "
                                                    f"{' against '.join(v.label for v in setup.variants)}. "
                                                    f"The paper: {setup.paper}.")
-            add_options(e, ExperimentConfig, {"epochs": setup.epochs, "out": f"runs/experiments/{name}"})
+            add_options(e, ExperimentConfig, {"epochs": setup.epochs, "out": str(out_folder(None, name))})
         for name, study in STUDIES.items():
             e = experiments.add_parser(name, formatter_class=fmt, help=study.title,
                                        description=f"{study.title}: "
                                                    f"{' against '.join(v.label for v in study.variants)} "
                                                    f"(AlexNet). The paper: {study.paper}.")
-            add_options(e, StudyConfig, {"out": f"runs/experiments/{name}"})
+            add_options(e, StudyConfig, {"out": str(out_folder(None, name))})
     return parser
 
 

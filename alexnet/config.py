@@ -26,7 +26,7 @@ PAPER_SCHEDULE = "plateau"  # §5: divide by 10 "when the validation error rate 
 PARALLEL = ("data", "towers")
 AUGMENTATIONS = ("paper", "crops", "none")
 ORDERS = ("shuffled", "stratified")
-# What a run saved before an option existed did, for the options that came later with another default
+# The values of options that a saved configuration may lack: what the runs that saved none trained with
 BEFORE = {"order": "shuffled", "clip": 0.0}
 CROP = Accepts("a whole number of at least 64", lambda v: v >= 64)
 NAME = Accepts("a folder name, without /", lambda v: v not in ("", ".", "..") and "/" not in v)

@@ -102,7 +102,7 @@ class DownloadConfig:
 
 
 def download(name: str, dst: str | Path, store: str | Path | None = None, base_url: str | None = None,
-             progress: bool = True) -> Path:
+             progress: bool = DownloadConfig.progress) -> Path:
     """Download the data set `name` into the folder `dst`, verify and unpack it, `prepare` it into `store` if
     given; return the folder of its images."""
     if name not in ARCHIVES:

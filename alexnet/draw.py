@@ -97,6 +97,6 @@ def fit(text: str, width: int, char: int = 6) -> str:
 
 
 def center(image: np.ndarray, crop: int) -> np.ndarray:
-    """The central crop×crop patch of a preprocessed 256×256 image, as the network sees it (before the mean)."""
+    """The central crop×crop patch of a preprocessed side×side image, as the network sees it (before the mean)."""
     mid = (image.shape[0] - crop) // 2
     return image[mid:mid + crop, mid:mid + crop]

@@ -1,5 +1,5 @@
-"""Bad input and the words of messages: the one error type for bad input (the command line prints it as one
-line and exits with status 2), and counted nouns for the lines people read."""
+"""What people are told: the one error type for bad input (the command line prints it as one line and exits with
+status 2), and the words of the lines they read (counted nouns, the start of another library's error)."""
 
 
 class InputError(ValueError):
@@ -9,3 +9,9 @@ class InputError(ValueError):
 def count(n: int, noun: str) -> str:
     """'1 epoch', '3 epochs', '2 processes'."""
     return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith(('s', 'x', 'sh')) else 's'}"
+
+
+def first_words(err: Exception, most: int = 100) -> str:
+    """The start of an exception's message: its first sentence, cut at a word within `most` characters."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+    return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."

@@ -70,7 +70,7 @@ class Errors:
 
 @torch.no_grad()
 def probabilities(networks: list[Network], images: torch.Tensor, crops: int = 1) -> torch.Tensor:
-    """Class probabilities of a batch of uint8 (B, 256, 256, 3) images: the softmax averaged over the
+    """Class probabilities of a batch of uint8 (B, side, side, 3) images: the softmax averaged over the
     patches (§4.1: the ten patches at test time) and over the networks (Table 2: an ensemble)."""
     if crops not in (1, 10):
         raise InputError(f"crops must be 1 or 10, got {crops}")

@@ -52,12 +52,12 @@ from .files import atomic_write, cache_dir, write_json, write_text
 from .lrn import LRN
 from .optim import PaperSGD
 from .options import COUNT, SIZE, check, option
-from .report import error_curves, results_text
+from .report import error_curves, out_folder, results_text
 from .runtime import machine
 from .spread import paired, spread
 
 TARGET_ERROR = 0.25  # Figure 1: the epochs each network needs to reach 25% training error
-SIDE = 32  # CIFAR-10 images are 32×32
+CIFAR_SIDE = 32  # CIFAR-10 images are 32×32
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 FOUR_LAYER_INITS = ("lecun", "paper")
 
@@ -202,7 +202,7 @@ class ExperimentConfig:
     experiment: str
     data: str = option(None, "CIFAR-10 folder: DATA/train/<class>/*, DATA/test/<class>/* (or DATA/val/<class>/*); "
                              "required", required=True)
-    out: str | None = option(None, "folder for the figure, curves and results")  # None: runs/experiments/NAME
+    out: str | None = option(None, "folder for the figure, curves and results")  # None: report.out_folder
     epochs: int | None = option(None, "epochs per network", accepts=COUNT)  # None: the experiment's own
     batch_size: int = option(128, "images per mini-batch", accepts=COUNT)
     seed: int = option(0, "seed of the initial weights, batch order and flips (the first, with --seeds)",
@@ -307,7 +307,7 @@ def _decode(images: ImageList, name: str, progress: bool) -> CifarSplit:
     from tqdm import tqdm
 
     bad = BadFiles()
-    out = np.empty((len(images), SIDE, SIDE, 3), np.uint8)
+    out = np.empty((len(images), CIFAR_SIDE, CIFAR_SIDE, 3), np.uint8)
     kept = np.zeros(len(images), bool)
     for i, path in enumerate(tqdm(images.paths, desc=f"decode {name}", unit="img", disable=not progress)):
         try:
@@ -315,7 +315,7 @@ def _decode(images: ImageList, name: str, progress: bool) -> CifarSplit:
         except BadImageError as err:
             bad.add(path, err.reason)
             continue
-        if image.size != (SIDE, SIDE):
+        if image.size != (CIFAR_SIDE, CIFAR_SIDE):
             raise InputError(f"{path} is {image.width}×{image.height}: the experiments take 32×32 images (CIFAR-10)")
         out[i], kept[i] = np.asarray(image), True
     if bad:
@@ -329,7 +329,7 @@ class _Inputs:
     """Turns uint8 images into a float batch, channels-last: minus the mean image (§2), optionally scaled."""
 
     def __init__(self, train: CifarSplit, pixels: str):
-        stats = PixelStats.empty(SIDE, SIDE)
+        stats = PixelStats.empty(CIFAR_SIDE, CIFAR_SIDE)
         stats.add(train.images)
         self.mean = torch.from_numpy(stats.mean_image()).float()  # §2: subtract the training set's mean image
         self.scale = 1.0 if pixels == "raw" else math.sqrt(stats.variance())  # over all pixel values
@@ -457,7 +457,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
     epochs = setup.epochs if config.epochs is None else config.epochs
     cache = config.cache or str(cache_dir())
     train, test, classes = load_cifar(config.data, cache, config.progress)
-    out = Path(config.out or f"runs/experiments/{config.experiment}").expanduser()
+    out = out_folder(config.out, config.experiment)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**asdict(config), "epochs": epochs, "cache": cache})
     cores = torch.get_num_threads()  # one per core, unless the caller set it: the variants change it as they train
@@ -479,7 +479,7 @@ def run_experiment(config: ExperimentConfig) -> dict:
     results = {**summarize(config.experiment, runs), "machine": where, "wall_seconds": time.monotonic() - started}
     write_json(out / "results.json", results)
     plot(out / f"{config.experiment}.png", setup, runs)
-    print(report(config.experiment, results))
+    print(experiment_report(config.experiment, results))
     print(f"wrote {out / 'curves.csv'}, {out / 'results.json'} and {out / (config.experiment + '.png')}")
     return results
 
@@ -526,7 +526,7 @@ def summarize(experiment: str, runs: list[list[Curve]]) -> dict:
     return results
 
 
-def report(experiment: str, results: dict) -> str:
+def experiment_report(experiment: str, results: dict) -> str:
     """The results as a few lines of text (report.results_text): a table of errors, and Figure 1's ratio."""
     table = {label: {"test error": f"{v['final_test_error']:.2%}", "best test": f"{v['best_test_error']:.2%}",
                      "train error": f"{v['final_train_error']:.2%}", "images/s": f"{v['images_per_s']:.0f}"}

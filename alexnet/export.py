@@ -25,7 +25,7 @@ from .data.stats import Recipe
 from .errors import InputError
 from .files import atomic_write
 from .inference import network
-from .lrn import BETA, FORMULAS, LRN, SIZE
+from .lrn import BETA, FORMULAS, LRN, WINDOW
 from .options import argument, option
 from .record import NetworkRecord
 from .summary import layer_table
@@ -66,9 +66,9 @@ def _lrn(model: nn.Module) -> dict | None:
     alpha, k = FORMULAS[lrn.mode]
     return {"formula": lrn.mode, "expression": "b[i] = a[i] / (k + alpha * sum_{j=i-size/2}^{i+size/2} a[j]^2)^beta, "
                                                "over the channels of each of `towers` groups",
-            "size": SIZE, "alpha": alpha, "beta": BETA, "k": k, "towers": lrn.towers,
+            "size": WINDOW, "alpha": alpha, "beta": BETA, "k": k, "towers": lrn.towers,
             # ONNX's LRN divides its alpha by size; it spans all channels, so one per tower
-            "onnx_lrn": {"size": SIZE, "alpha": alpha * SIZE, "beta": BETA, "bias": k}}
+            "onnx_lrn": {"size": WINDOW, "alpha": alpha * WINDOW, "beta": BETA, "bias": k}}
 
 
 def metadata(state: dict, model: nn.Module) -> dict:

@@ -72,7 +72,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def fc7(net: Network, images: torch.Tensor, crop: int) -> torch.Tensor:
-    """fc7 after its ReLU of the centre crops of uint8 (B, 256, 256, 3) images: float32, on the CPU."""
+    """fc7 after its ReLU of the centre crops of uint8 (B, side, side, 3) images: float32, on the CPU."""
     with net.autocast():
         return net.model.forward_fc7(center_crop(images.to(net.device, non_blocking=True), net.recipe,
                                                  crop)).float().cpu()
@@ -85,7 +85,7 @@ IDENTITY = ("format", "weights", "crop", "precision", "split", "count", "files",
 def extract_features(path: str, data: str | None, out: str | Path, split: str = FeaturesConfig.split,
                      batch_size: int = FeaturesConfig.batch_size, device: str = FeaturesConfig.device,
                      precision: str = FeaturesConfig.precision, workers: int = FeaturesConfig.workers,
-                     progress: bool = True) -> Path:
+                     progress: bool = FeaturesConfig.progress) -> Path:
     """`alexnet features`: fc7 (after ReLU) of the centre crop of every image of a split, into the folder
     `out` (see the module's docstring); an interrupted run continues where it stopped (§6.1)."""
     from tqdm import tqdm

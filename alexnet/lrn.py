@@ -17,7 +17,7 @@ from torch import nn
 from .errors import InputError
 from .kernels import cpu_kernels
 
-SIZE, ALPHA, BETA = 5, 1e-4, 0.75
+WINDOW, ALPHA, BETA = 5, 1e-4, 0.75
 
 
 class Formula(NamedTuple):
@@ -29,13 +29,13 @@ class Formula(NamedTuple):
 
 FORMULAS = {
     "paper": Formula(ALPHA, 2.0),  # §3.3 taken literally: alpha not divided by n
-    "cuda-convnet": Formula(ALPHA / SIZE, 2.0),  # Krizhevsky's released code divides by n
-    "caffe": Formula(ALPHA / SIZE, 1.0),  # Caffe's reference AlexNet: alpha / n, k = 1
+    "cuda-convnet": Formula(ALPHA / WINDOW, 2.0),  # Krizhevsky's released code divides by n
+    "caffe": Formula(ALPHA / WINDOW, 1.0),  # Caffe's reference AlexNet: alpha / n, k = 1
 }
 MODES = (*FORMULAS, "none")
 
 
-def local_response_norm(x: torch.Tensor, alpha: float, k: float, towers: int = 1, size: int = SIZE,
+def local_response_norm(x: torch.Tensor, alpha: float, k: float, towers: int = 1, size: int = WINDOW,
                         beta: float = BETA) -> torch.Tensor:
     """The formula in plain PyTorch ops, in float32 or wider: any device, any dtype, autograd for free."""
     n, c, h, w = x.shape
@@ -98,12 +98,12 @@ class LRN(nn.Module):
         alpha, k = FORMULAS[self.mode]
         if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.compiler.is_exporting()
                 and cpu_kernel() is not None):  # torch.export (and ONNX through it) sees the formula's plain ops
-            return _KernelLRN.apply(x, alpha, BETA, k, SIZE, self.towers, self.relu)
-        return local_response_norm(F.relu(x) if self.relu else x, alpha, k, self.towers, SIZE, BETA)
+            return _KernelLRN.apply(x, alpha, BETA, k, WINDOW, self.towers, self.relu)
+        return local_response_norm(F.relu(x) if self.relu else x, alpha, k, self.towers, WINDOW, BETA)
 
     def extra_repr(self) -> str:
         text = repr(self.mode)
         if self.mode != "none":
             alpha, k = FORMULAS[self.mode]
-            text += f", size={SIZE}, alpha={alpha:g}, beta={BETA}, k={k:g}, towers={self.towers}"
+            text += f", size={WINDOW}, alpha={alpha:g}, beta={BETA}, k={k:g}, towers={self.towers}"
         return text + (", relu=True" if self.relu else "")

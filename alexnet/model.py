@@ -43,7 +43,7 @@ class AlexNet(nn.Module):
         if maps < 1 or (side - 11) % 4:
             raise InputError(f"an input of {side}×{side}: AlexNet takes sides from 67 on that are 3 more than a "
                              "multiple of 4, or 3 less than one (224, 64), padded by 3")
-        self.towers, self.side, self.removed = towers, side, ""
+        self.towers, self.input_side, self.removed = towers, side, ""
         self.pool_before_lrn = pool_before_lrn
         lrn_towers = towers if lrn_towers is None else lrn_towers
         # §3.5: conv2, conv4 and conv5 are connected only to the kernel maps of their own tower (GPU);
@@ -72,7 +72,7 @@ class AlexNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The convolutional part: 256×6×6 maps after conv5 and its pooling."""
-        x = self._relu_norm_pool(self.lrn1, self.conv1(paper_input(x, self.side)))
+        x = self._relu_norm_pool(self.lrn1, self.conv1(paper_input(x, self.input_side)))
         x = self._relu_norm_pool(self.lrn2, self.conv2(x))
         for name in MIDDLE:
             if name != self.removed:

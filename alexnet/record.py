@@ -57,8 +57,6 @@ class NetworkRecord:
     def of(cls, arch: str = "paper", classes: int | list[str] = 1000, names: list[str] | None = None,
            lrn: str | None = None, **fields: object) -> "NetworkRecord":
         """A record with the architecture's own LRN unless `lrn` names one; `classes` a count or their names."""
-        if arch not in ARCHS:
-            raise InputError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
         classes = [str(c) for c in range(classes)] if isinstance(classes, int) else list(classes)
         return cls(arch, classes, list(names or classes), lrn or architecture_lrn(arch), **fields)
 

@@ -8,6 +8,13 @@ from .errors import count
 from .files import atomic_write
 from .spread import paired_in_words
 
+EXPERIMENTS = "runs/experiments"  # the folder of every experiment's folder, by default
+
+
+def out_folder(out: str | None, name: str) -> Path:
+    """An experiment's folder: `out`, or by default its name under EXPERIMENTS."""
+    return Path(out or f"{EXPERIMENTS}/{name}").expanduser()
+
 
 def results_text(table: dict[str, dict[str, str]], differences: list[dict], notes: list[str], paper: str,
                  seeds: int) -> str:

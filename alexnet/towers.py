@@ -119,7 +119,7 @@ class Tower(nn.Module):
         super().__init__()
         if network.removed:
             raise InputError(f"--parallel towers splits the whole network, not one without {network.removed}")
-        self.pair, self.dropout_p, self.side = pair, network.dropout.p, network.side
+        self.pair, self.dropout_p, self.input_side = pair, network.dropout.p, network.input_side
         self.widths = {name: layer.weight.shape[0] for name, layer in network.layers().items()}  # the whole layers'
         for name, layer in network.layers().items():
             setattr(self, name, _rows(layer, pair.tower))
@@ -143,7 +143,7 @@ class Tower(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores (logits) of a batch, the whole of them on both processes of the pair."""
-        x = self.pool(self.lrn1(self.conv1(paper_input(x, self.side))))
+        x = self.pool(self.lrn1(self.conv1(paper_input(x, self.input_side))))
         x = self.pool(self.lrn2(self.conv2(x)))
         x = F.relu(self.conv3(self._both(x)), inplace=True)
         x = F.relu(self.conv4(x), inplace=True)

@@ -89,10 +89,10 @@ def ours(store: Path, steps: int, device: str, precision: str, compute_only: boo
     import torch
 
     import alexnet.train as training
+    from alexnet.config import TrainConfig
     from alexnet.runtime import tune_process
 
-    cfg = training.TrainConfig(data=str(store), epochs=1000, device=device, precision=precision, progress=False,
-                               save_every=0)
+    cfg = TrainConfig(data=str(store), epochs=1000, device=device, precision=precision, progress=False, save_every=0)
     tune_process(device)  # as `alexnet train` sets the process up
     trainer = training.Trainer(cfg, training.open_data(cfg), Path(tempfile.mkdtemp()))
     if compute_only:

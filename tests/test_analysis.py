@@ -15,6 +15,7 @@ from PIL import Image
 import alexnet.features
 from alexnet import checkpoint
 from alexnet.cli import _parser
+from alexnet.config import TrainConfig
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import preprocess
 from alexnet.data.store import Store, prepare
@@ -23,7 +24,7 @@ from alexnet.features import Features, extract_features
 from alexnet.figures import BARS, CAPTION
 from alexnet.inference import load_network
 from alexnet.neighbors import nearest
-from alexnet.train import TrainConfig, Trainer, open_data
+from alexnet.train import Trainer, open_data
 
 RED = (230, 85, 13)  # figures.CORRECT, #e6550d
 WHITE = (255, 255, 255)

@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import photo_store
 
+from alexnet.config import TrainConfig
 from alexnet.data.augment import ten_crop, train_batch
 from alexnet.data.stats import Recipe
 from alexnet.record import NetworkRecord, build_model
-from alexnet.train import TrainConfig, train
+from alexnet.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 

@@ -13,11 +13,12 @@ from conftest import one_line_error, photo_store
 
 from alexnet import checkpoint
 from alexnet.cli import main
+from alexnet.config import TrainConfig
 from alexnet.data.augment import center_crop, ten_crop
 from alexnet.data.store import Store
 from alexnet.evaluate import Errors, evaluate, probabilities, wrong
 from alexnet.inference import load_networks
-from alexnet.train import TrainConfig, Trainer, open_data
+from alexnet.train import Trainer, open_data
 
 
 @pytest.fixture(scope="module")

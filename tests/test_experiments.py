@@ -124,12 +124,13 @@ def test_report_states_the_ratio_or_a_lower_bound():
         return {"paper": "six times", "seeds": 1, "ratio": None if None in (a, b) else b / a, "variants": {
             label: {"final_test_error": 0.3, "best_test_error": 0.3, "final_train_error": 0.2, "images_per_s": 900,
                     "epochs": 12, "epochs_to_25": e} for label, e in (("ReLU", a), ("tanh", b))}}
-    assert "ReLU 2.0, tanh 12.0: ReLU 6.0 times as fast" in experiments.report("relu-vs-tanh", results(2.0, 12.0))
-    assert "tanh not within 12: ReLU more than 4.0 times as fast" in experiments.report(
+    text = experiments.experiment_report("relu-vs-tanh", results(2.0, 12.0))
+    assert "ReLU 2.0, tanh 12.0: ReLU 6.0 times as fast" in text
+    assert "tanh not within 12: ReLU more than 4.0 times as fast" in experiments.experiment_report(
         "relu-vs-tanh", results(3.0, None))
-    assert "ReLU did not reach 25% training error within 12 epochs, nor did tanh" in experiments.report(
+    assert "ReLU did not reach 25% training error within 12 epochs, nor did tanh" in experiments.experiment_report(
         "relu-vs-tanh", results(None, None))
-    header, row = experiments.report("relu-vs-tanh", results(2.0, 12.0)).splitlines()[:2]
+    header, row = experiments.experiment_report("relu-vs-tanh", results(2.0, 12.0)).splitlines()[:2]
     ends = [m.end() for m in re.finditer(r"\S+", row)][1:]  # the four values' right edges
     assert [header[:e].split()[-1] for e in ends] == ["error", "test", "error", "images/s"]  # a name above each
 

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from alexnet import checkpoint
 from alexnet.cli import main
+from alexnet.config import TrainConfig
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import DEFAULT_DATA, imagenet_classes, preprocess
 from alexnet.data.store import Store
@@ -32,7 +33,7 @@ from alexnet.lrn import FORMULAS
 from alexnet.model import ARCHS, architecture_lrn
 from alexnet.neighbors import find_neighbors
 from alexnet.record import build_model
-from alexnet.train import TrainConfig, Trainer, open_data
+from alexnet.train import Trainer, open_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = sorted((DEFAULT_DATA / "val").glob("*/*"))[0]

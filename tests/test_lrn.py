@@ -1,13 +1,14 @@
 import pytest
 import torch
 
-from alexnet.lrn import BETA, FORMULAS, LRN, SIZE, _KernelLRN, cpu_kernel, local_response_norm
+from alexnet.lrn import BETA, FORMULAS, LRN, WINDOW, _KernelLRN, cpu_kernel, local_response_norm
 
-# the window's size and beta: the paper's, and two others that every implementation must take as given
-SIZES_AND_BETAS = [(SIZE, BETA), (3, 0.5), (7, 1.0)]
+# the window's size and beta: the paper's, others that every implementation must take as given, and each path of the
+# kernel (the window of 5 with another beta, another window with the paper's beta)
+SIZES_AND_BETAS = [(WINDOW, BETA), (3, 0.5), (7, 1.0), (WINDOW, 1.0), (3, BETA)]
 
 
-def lrn_loop(x: torch.Tensor, alpha: float, k: float, towers: int, size: int = SIZE,
+def lrn_loop(x: torch.Tensor, alpha: float, k: float, towers: int, size: int = WINDOW,
              beta: float = BETA) -> torch.Tensor:
     """§3.3 written out channel by channel, in float64, window clipped to the tower."""
     x = x.double()
@@ -47,7 +48,7 @@ def test_lrn_formula_takes_the_size_and_beta_it_is_given(size, beta, towers):
     alpha, k = 0.01, 2.0  # a large alpha, so that every channel of the window counts
     expected = lrn_loop(x, alpha, k, towers, size, beta)
     assert (local_response_norm(x.double(), alpha, k, towers, size, beta) - expected).abs().max() <= 1e-12
-    if (size, beta) != (SIZE, BETA):
+    if (size, beta) != (WINDOW, BETA):
         assert (lrn_loop(x, alpha, k, towers) - expected).abs().max() > 1e-2  # the pair changes the result
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from alexnet import checkpoint, inference
 from alexnet.batching import Batcher, BusyError
 from alexnet.cli import main
+from alexnet.config import TrainConfig
 from alexnet.data.folders import DEFAULT_DATA, MAX_PIXELS, preprocess
 from alexnet.data.store import prepare
 from alexnet.draw import center
@@ -35,7 +36,7 @@ from alexnet.evaluate import predict
 from alexnet.features import extract_features
 from alexnet.neighbors import find_neighbors, open_features
 from alexnet.serve import Job, Predictor, make_app, validation
-from alexnet.train import TrainConfig, Trainer, open_data
+from alexnet.train import Trainer, open_data
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

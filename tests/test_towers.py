@@ -18,11 +18,12 @@ from conftest import photo_store
 import alexnet.train
 from alexnet import checkpoint
 from alexnet.cli import main
+from alexnet.config import TrainConfig
 from alexnet.errors import InputError
 from alexnet.optim import PaperSGD
 from alexnet.record import NetworkRecord, build_model
 from alexnet.towers import Tower, place
-from alexnet.train import TrainConfig, train
+from alexnet.train import train
 
 CLASSES = 7  # odd: tower 0 holds 4 of fc8's outputs, tower 1 three
 

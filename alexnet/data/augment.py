@@ -1,6 +1,6 @@
 """The paper's data augmentation and test-time crops, on whole batches (§4.1, docs/paper.md#augmentation).
 
-Input everywhere: a batch of preprocessed images, uint8, (B, 256, 256, 3), on the CPU or a GPU.
+Input everywhere: a batch of preprocessed images, uint8, (B, side, side, 3), on the CPU or a GPU.
 Output: float32 (B, 3, crop, crop) in channels-last memory, the mean image subtracted. No Python
 loop over the samples: on the CPU a fused kernel (csrc/augment.cpp) makes a batch in one pass; elsewhere
 the same arithmetic runs as a few batched PyTorch ops.

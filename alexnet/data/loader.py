@@ -1,10 +1,10 @@
 """Batches of preprocessed images for training and evaluation, from any split (a store's or an image folder's).
 
-A batch is (uint8 images (B, 256, 256, 3), int64 labels (B,), the images' indices in the split): the
-256×256 preprocessing of §2 done, the augmentation of §4.1 still to come (augment.py, on the device
-that trains, keyed by the indices). The order of an epoch is a permutation drawn from (seed, epoch)
-alone, so a resumed run sees exactly the batches it would have seen; asked to, a shuffled order is
-stratified by class (stratified_order). Under DDP each global batch is cut into one contiguous slice per
+A batch is (uint8 images (B, side, side, 3), int64 labels (B,), the images' indices in the split): the
+preprocessing of §2 done (side 256 unless prepared at another --size), the augmentation of §4.1 still to come
+(augment.py, on the device that trains, keyed by the indices). The order of an epoch is a permutation drawn
+from (seed, epoch) alone, so a resumed run sees exactly the batches it would have seen; asked to, a shuffled
+order is stratified by class (stratified_order). Under DDP each global batch is cut into one contiguous slice per
 process.
 """
 

@@ -6,12 +6,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray]  # uint8 (B, 256, 256, 3) images, int64 labels, indices
+Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray]  # uint8 (B, side, side, 3) images, int64 labels, indices
 
 
 class Split(ABC):
     """One split: each image's source file and label, the classes the labels index, and a way to read batches
-    of the images after the §2 preprocessing (shorter side 256, central 256×256)."""
+    of the images after the §2 preprocessing (shorter side `side`, central side×side; folders.SIDE, 256)."""
 
     files: list[str]  # each image's source file
     labels: np.ndarray  # int64, one per image: an index into `classes`

@@ -16,7 +16,7 @@ class Recipe:
 
     def __init__(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor,
                  scale: torch.Tensor | None = None):
-        self.mean = mean.float()  # (256, 256, 3), pixel values 0..255
+        self.mean = mean.float()  # (side, side, 3), pixel values 0..255
         # on the CPU always, where the random draws are made
         self.eigval = eigval.float().cpu()  # (3,) eigenvalues of the covariance of RGB values on the [0, 1] scale
         self.eigvec = eigvec.float().cpu()  # (3, 3), column i is the eigenvector of eigval[i]

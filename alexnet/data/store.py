@@ -93,8 +93,8 @@ def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) 
 
 
 def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
-            shard_size: int = PrepareConfig.shard_size, workers: int | None = None,
-            label_file: str | Path | None = None, progress: bool = True) -> "Store":
+            shard_size: int = PrepareConfig.shard_size, workers: int | None = PrepareConfig.workers,
+            label_file: str | Path | None = PrepareConfig.labels, progress: bool = True) -> "Store":
     """Preprocess every split of the image folder `src` into the store `dst` on all cores (see above)."""
     from tqdm import tqdm
 
