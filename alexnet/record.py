@@ -1,4 +1,4 @@
-"""The record of a network: everything that rebuilds it and feeds it, in one versioned for
+"""The record of a network: everything that rebuilds it and feeds it, in one versioned form.
 
     arch, classes, names         the architecture (model.ARCHS) and the classes its outputs index, with their names
     lrn, dropout, width, remove  the LRN formula (§3.3), dropout (§4.2), the width and a removed middle layer (§7)
