@@ -40,7 +40,7 @@ from .errors import InputError, count
 from .experiments import epochs_to_reach
 from .files import write_json, write_text
 from .final_evaluation import final_evaluation
-from .options import COUNT, RATE, SIZE, check, option
+from .options import COUNT, RATE, SEED, check, option
 from .report import error_curves, out_folder, results_text
 from .run_folder import LAST, METRICS
 from .runtime import PRECISIONS, machine
@@ -130,7 +130,7 @@ class StudyConfig:
                                                     "experiments: a variant trained before is reused")
     full: bool = option(False, "the paper's scale (a GPU's work): all kernels, 224 crops, 90 epochs")
     seed: int = option(0, "the first seed (seeds of one experiment can run side by side, sharing --runs)",
-                       accepts=SIZE)
+                       accepts=SEED)
     seeds: int = option(3, "seeds SEED, SEED+1, ...: every variant trained once for each", accepts=COUNT)
     epochs: int | None = option(None, f"epochs per variant (default: {SCALES['cpu']['epochs']}, with --full "
                                       f"{SCALES['full']['epochs']})", accepts=COUNT)

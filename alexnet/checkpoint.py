@@ -76,7 +76,14 @@ def load(path: str | Path) -> dict:
             network = NetworkRecord.from_state({k: state.pop(k) for k in _RECORD_V1 if k in state}, state.get("model"))
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
-    return {**state, "format": FORMAT, "network": network, "path": str(path)}
+    return {**state, "format": FORMAT, "network": _trained(network, path), "path": str(path)}
+
+
+def _trained(network: NetworkRecord, path: Path) -> NetworkRecord:
+    """`network`, whose record must hold the preprocessing's statistics its inputs are prepared with."""
+    if network.recipe is None:
+        raise InputError(f"{path}: its network record has no recipe (the mean image and RGB PCA to feed it with)")
+    return network
 
 
 def of_run(folder: Path) -> Path:
@@ -87,6 +94,9 @@ def of_run(folder: Path) -> Path:
 def model_from(state: dict) -> nn.Module:
     """The network of a loaded checkpoint, with its weights, in eval mode."""
     net = state["network"]
+    bad = next((k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if bad is not None:  # its every answer would be NaN: an error of "nan%", not a result
+        raise InputError(f"{state['path']}: its weights hold NaN or infinite values ({bad})")
     model = build_model(net)
     try:
         model.load_state_dict(state["model"])
@@ -131,5 +141,5 @@ def _load_weights(path: Path) -> dict:
         raise InputError(f"{path}: {err}") from None
     except (KeyError, ValueError) as err:  # a header cut or edited: JSON that does not parse, a key missing
         raise InputError(f"{path} is not a readable alexnet weights file ({type(err).__name__} {err})") from None
-    return {"format": FORMAT, "network": network, "model": model, "config": metadata.get("config"),
+    return {"format": FORMAT, "network": _trained(network, path), "model": model, "config": metadata.get("config"),
             "measured": metadata.get("measured"), "path": str(path)}

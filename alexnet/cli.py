@@ -31,7 +31,7 @@ def _prepare(args: argparse.Namespace) -> None:
     from .data.store import prepare
 
     prepare(args.src, args.dst, size=args.size, shard_size=args.shard_size, workers=args.workers,
-            label_file=args.labels)
+            label_file=args.labels, overwrite=args.overwrite)
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -159,7 +159,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .export import check, export
 
-    meta = export(args.checkpoint, args.out, args.format)
+    meta = export(args.checkpoint, args.out, args.format, args.overwrite)
     print(f"wrote {args.out}: {meta['arch']!r}, {len(meta['classes'])} classes, {meta['num_params']:,} parameters, "
           f"{meta['multiply_adds']:,} multiply-adds an image")
     if args.check:
@@ -352,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(filter(None, (args.command, getattr(args, "experiment", None))))  # as argparse names it
     try:
         args.run(args)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at the interpreter's exit
+    except BrokenPipeError:  # the reader of the output went away (`alexnet predict ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting flushes nowhere
+        sys.exit(1)
     except (InputError, OSError) as err:
         if (isinstance(err, OSError) and err.errno not in REFUSED) or args.traceback or os.environ.get(TRACEBACK):
             raise

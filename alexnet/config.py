@@ -12,7 +12,7 @@ from .few_classes import CLIP, PAPER_CLASSES, default_clip, default_init
 from .lrn import MODES
 from .model import ARCHS, INITS, MIDDLE, WIDTHS
 from .optim import SCHEDULES
-from .options import AMOUNT, COUNT, FRACTION, RATE, SIZE, Accepts, check, option, resumed
+from .options import AMOUNT, COUNT, FRACTION, RATE, SEED, SIZE, Accepts, check, option, resumed
 from .run_folder import LAST
 from .runtime import PRECISIONS
 
@@ -91,7 +91,7 @@ class TrainConfig:
     channels_last: bool = option(True, "keep tensors in NCHW memory order", resume=True)
     compile: bool = option(False, "torch.compile the network", resume=True)
     workers: int = option(2, "decoding processes when reading JPEG folders", accepts=SIZE, resume=True)
-    seed: int = option(0, "random seed", accepts=SIZE)
+    seed: int = option(0, "random seed", accepts=SEED)
     out: str = option("runs", "folder for run folders")
     name: str | None = option(None, "a new run folder's name (default: date-time-arch)", accepts=NAME)
     save_every: float = option(10.0, "minutes between mid-epoch checkpoints (0: only at the end of an epoch)",

@@ -51,7 +51,7 @@ from .errors import InputError, count
 from .files import atomic_write, cache_dir, write_json, write_text
 from .lrn import LRN
 from .optim import PaperSGD
-from .options import COUNT, SIZE, check, option
+from .options import COUNT, SEED, check, option
 from .report import error_curves, out_folder, results_text
 from .runtime import machine
 from .spread import paired, spread
@@ -206,7 +206,7 @@ class ExperimentConfig:
     epochs: int | None = option(None, "epochs per network", accepts=COUNT)  # None: the experiment's own
     batch_size: int = option(128, "images per mini-batch", accepts=COUNT)
     seed: int = option(0, "seed of the initial weights, batch order and flips (the first, with --seeds)",
-                       accepts=SIZE)
+                       accepts=SEED)
     seeds: int = option(3, "seeds SEED, SEED+1, ...: both variants trained once for each", accepts=COUNT)
     cache: str | None = option(None, "folder for the decoded images (.npz); $XDG_CACHE_HOME/alexnet where that is "
                                      "set (default: ~/.cache/alexnet)")

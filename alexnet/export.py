@@ -48,6 +48,7 @@ class ExportConfig:
     format: str | None = option(None, "the format (default: by OUT's suffix)", choices=tuple(FORMATS.values()))
     check: bool = option(False, "then run the file (ONNX: with onnxruntime) and the checkpoint on the built-in "
                                 "validation photos, and print the largest logit difference and the top-5 agreement")
+    overwrite: bool = option(False, "replace OUT where it exists")
 
 
 @dataclass
@@ -107,22 +108,29 @@ def _onnx_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
 
 
 def _format(out: str | Path, fmt: str | None = None) -> str:
-    """`fmt`, or the format OUT's suffix names."""
-    fmt = fmt or FORMATS.get(Path(out).suffix)
+    """`fmt`, or the format OUT's suffix names; a suffix that names another format than `fmt` is refused."""
+    named = FORMATS.get(Path(out).suffix)
+    if fmt and named and named != fmt:
+        raise InputError(f"{out}: its suffix names {named}, not {fmt}; name the {fmt} file with its own suffix")
+    fmt = fmt or named
     if fmt not in FORMATS.values():
         raise InputError(f"{out}: name the format (--format {'|'.join(FORMATS.values())}) or use a suffix of "
                          f"{', '.join(FORMATS)}")
     return fmt
 
 
-def export(ckpt: str | Path, out: str | Path, fmt: str | None = None) -> dict:
-    """`alexnet export`: write a checkpoint's network to `out` in `fmt` (default: by OUT's suffix); its metadata."""
+def export(ckpt: str | Path, out: str | Path, fmt: str | None = ExportConfig.format,
+           overwrite: bool = ExportConfig.overwrite) -> dict:
+    """`alexnet export`: write a checkpoint's network to `out` in `fmt` (default: by OUT's suffix); its metadata.
+    A file at `out` is replaced only with `overwrite`."""
     fmt, out = _format(out, fmt), Path(out)
     if out.suffix == ".pt":  # a checkpoint's name: export writes none, and would replace one
         raise InputError(f"{out}: .pt is for checkpoints; name the {fmt} file with another suffix")
     state = checkpoint.load(ckpt)
     if out.exists() and out.samefile(state["path"]):
         raise InputError(f"{out} is the checkpoint being exported; write the {fmt} file elsewhere")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists already; --overwrite replaces it")
     model = checkpoint.model_from(state)
     meta = metadata(state, model)
     whole = {**meta, "network": state["network"].to_json()}

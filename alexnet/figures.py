@@ -12,7 +12,7 @@ from .errors import InputError
 from .evaluate import PredictConfig, Predictions
 from .inference import load_network
 from .neighbors import Neighbors
-from .options import COUNT, SIZE, argument, option, png
+from .options import COUNT, SIZE, argument, option, png, up_to
 
 BAR = "#9ecae1"  # a predicted class
 CORRECT = "#e6550d"  # the image's own class (Figure 4 draws it red)
@@ -29,7 +29,7 @@ class FiltersConfig:
     checkpoint: str = argument("a checkpoint file or run folder")
     out: str = option("conv1.png", "PNG file to write", parse=png)
     columns: int = option(16, "kernels per row", accepts=COUNT)
-    zoom: int = option(4, "pixels per weight, each way", accepts=COUNT)
+    zoom: int = option(4, "pixels per weight, each way", accepts=up_to(64))
     gap: int = option(2, "pixels between kernels", accepts=SIZE)
 
 

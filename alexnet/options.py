@@ -31,6 +31,12 @@ RATE = Accepts("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
 AMOUNT = Accepts("a finite number of at least 0", lambda v: math.isfinite(v) and v >= 0)
 PORT = Accepts("a port number from 1 to 65535", lambda v: 1 <= v <= 65535)
 FRACTION = Accepts("a number from 0 up to, not including, 1", lambda v: 0 <= v < 1)
+SEED = Accepts("a whole number from 0 to 2^63 - 1", lambda v: 0 <= v < 2**63)  # what torch's generators take
+
+
+def up_to(most: int) -> Accepts:
+    """A whole number from 1 to `most`: a count whose work or memory grows with it."""
+    return Accepts(f"a whole number from 1 to {most}", lambda v: 1 <= v <= most)
 
 
 class Parser(argparse.ArgumentParser):

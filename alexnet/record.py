@@ -133,6 +133,8 @@ class NetworkRecord:
                 fields["recipe"] = Recipe(r["mean"], r["eigval"], r["eigvec"], r.get("scale"))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputError(f"not a network record: {type(err).__name__} {err}") from None
+        if len(fields["names"]) != len(classes):
+            raise InputError(f"not a network record: {len(classes)} classes and {len(fields['names'])} names")
         return cls.of(arch, classes, **fields)
 
 

@@ -8,6 +8,7 @@
     best.pt         the checkpoint of the lowest validation top-1 error (the same file as a last.pt)
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -58,9 +59,8 @@ class RunFolder:
         """Append one epoch's metrics everywhere and redraw the plot."""
         if not self.active:
             return
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        rows = [json.loads(line) for line in (self.path / METRICS).read_text().splitlines()]
+        rows = [*read_metrics(self.path / METRICS), row]
+        write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=list(row))
         writer.writeheader()
@@ -76,6 +76,17 @@ class RunFolder:
         """Close the TensorBoard writer."""
         if self.tb is not None:
             self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl, in order; none where there is no file. A line that is not a whole row (a
+    run killed while it wrote one leaves a torn last line) is passed over."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines(keepends=True) if path.is_file() else []:
+        if line.endswith("\n"):
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:

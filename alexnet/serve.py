@@ -15,7 +15,6 @@ its own. Every bad request is answered with a 4xx status and {"error": "one line
 
 import contextlib
 import io
-import json
 import logging
 import math
 import socket
@@ -44,8 +43,8 @@ from .evaluate import probabilities, top5, top5_records
 from .features import Features, fc7
 from .inference import Network, load_network
 from .neighbors import nearest, neighbor_records, open_features
-from .options import AMOUNT, COUNT, PORT, RATE, argument, option
-from .run_folder import METRICS
+from .options import AMOUNT, COUNT, PORT, RATE, argument, option, up_to
+from .run_folder import METRICS, read_metrics
 from .runtime import PRECISIONS
 
 FIELD = "image"  # the multipart field of the photo
@@ -64,7 +63,7 @@ class ServeConfig:
     device: str = option("auto", "auto, cpu, cuda, ...")
     precision: str = option("auto", "arithmetic precision (auto on a CPU: the faster at batches of --max-batch; "
                                     "with --features: the features' own)", choices=PRECISIONS)
-    max_batch: int = option(16, "photos per forward pass at most (1: no batching)", accepts=COUNT)
+    max_batch: int = option(16, "photos per forward pass at most (1: no batching)", accepts=up_to(1024))
     max_wait: float = option(5.0, "milliseconds a batch waits for more photos after its first", accepts=AMOUNT,
                              metavar="MS")
     queue: int = option(64, "photos waiting at most; beyond, 503 (busy)", accepts=COUNT)
@@ -129,14 +128,10 @@ def validation(info: dict) -> dict | None:
     """A checkpoint's validation error (centre crop) at its epoch: from metrics.jsonl beside it where the run
     folder has one with that epoch's row (a line that is not one, as a run being written may leave, is passed
     over), else the best top-1 error it records; None for a network never validated."""
-    metrics = Path(info["path"]).with_name(METRICS)
-    if metrics.is_file():
-        for line in metrics.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                row = json.loads(line)
-                if row["epoch"] == info.get("epoch"):
-                    return {"top1_error": row["val_top1"], "top5_error": row["val_top5"],
-                            "images": row["val_images"]}
+    for row in read_metrics(Path(info["path"]).with_name(METRICS)):
+        with contextlib.suppress(TypeError, KeyError, AttributeError):
+            if row["epoch"] == info.get("epoch"):
+                return {"top1_error": row["val_top1"], "top5_error": row["val_top5"], "images": row["val_images"]}
     best = info.get("best", math.inf)
     return {"top1_error": best} if math.isfinite(best) else None
 

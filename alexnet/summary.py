@@ -17,7 +17,7 @@ class SummaryConfig:
 
     arch: str = option("paper", "network variant", choices=ARCHS)
     classes: int = option(1000, "number of classes", accepts=COUNT)
-    image_size: int = option(227, "input height and width")
+    image_size: int = option(227, "input height and width", accepts=COUNT)
     lrn: str | None = option(None, "LRN formula (default: the architecture's own)", choices=MODES)
 
 

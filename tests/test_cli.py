@@ -1,6 +1,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from alexnet.cli import main
+
 
 def alexnet(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=300)
@@ -50,3 +54,19 @@ def test_help_and_summary_start_without_the_modules_of_other_commands():
     assert result.returncode == 0, result.stderr
     assert "summary" in result.stdout and "60,965,224" in result.stdout  # the help, then the table
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(("argv", "accepts"), [
+    (["summary", "--image-size", "-5"], "a whole number of at least 1"),
+    (["train", "--seed", "100000000000000000000000"], "a whole number from 0 to 2^63 - 1"),
+    (["filters", "CKPT", "--zoom", "100000"], "a whole number from 1 to 64"),  # 39.6 TiB of picture
+    (["serve", "CKPT", "--max-batch", "1000000"], "a whole number from 1 to 1024"),  # a 602 GB probe
+    (["prepare", "SRC", "DST", "--size", "100000"], "a whole number from 1 to 1024"),  # a 240 GB shard
+])
+def test_a_value_that_would_crash_or_exhaust_the_machine_is_one_line(argv, accepts, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and f"expected {accepts}" in lines[0], lines
+    assert not any(tmp_path.iterdir())  # nothing written

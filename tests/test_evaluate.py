@@ -126,3 +126,15 @@ def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path, capsys):
     result = subprocess.run([sys.executable, "-m", "alexnet", *argv], capture_output=True, text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "no checkpoint at" in lines[0], result.stderr
+
+
+def test_a_reader_that_goes_away_stops_predict_quietly(store, checkpoints):
+    """`alexnet predict ... | head`: the pipe closes before the output is written; no traceback."""
+    paths, _ = checkpoints
+    image = Store(store).split("val").files[0]
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "predict", str(paths[0]), image, "--crops", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `head` does once it has its lines, here before any
+    errors = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 1 and errors == "", errors

@@ -236,6 +236,14 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_wei
     one_line_error(capsys, ["export", str(ckpts["owt"]), str(tmp_path / "file" / "a.safetensors")], "File exists")
     main(["export", str(ckpts["owt"]), str(tmp_path / "new" / "a.safetensors")])  # its folder is made
     assert (tmp_path / "new" / "a.safetensors").is_file()
+    written = (tmp_path / "new" / "a.safetensors").stat().st_mtime_ns
+    one_line_error(capsys, ["export", str(ckpts["paper"]), str(tmp_path / "new" / "a.safetensors")],
+                   "a.safetensors exists already; --overwrite replaces it")
+    assert (tmp_path / "new" / "a.safetensors").stat().st_mtime_ns == written  # untouched
+    main(["export", str(ckpts["paper"]), str(tmp_path / "new" / "a.safetensors"), "--overwrite"])
+    assert checkpoint.load(tmp_path / "new" / "a.safetensors")["network"].arch == "paper"
+    one_line_error(capsys, ["export", str(ckpts["owt"]), str(tmp_path / "b.safetensors"), "--format", "onnx"],
+                   "b.safetensors: its suffix names safetensors, not onnx")
     (tmp_path / "fake.safetensors").write_bytes(b"not safetensors")
     one_line_error(capsys, ["eval", str(tmp_path / "fake.safetensors")], "is not a readable safetensors file")
     one_line_error(capsys, ["import-torchvision", str(ckpts["owt"]), str(tmp_path / "a.pt")], "is not a state dict")

@@ -161,6 +161,19 @@ def test_a_record_of_a_newer_version_or_not_a_record_is_a_one_line_error(tmp_pat
                                                "network": json.dumps({"version": 2, "arch": "paper"})})
     with pytest.raises(InputError, match="damaged.safetensors: not a network record: KeyError"):
         checkpoint.load(weights)
+    # hand-edited records: fewer names than classes, no recipe, a mean image of another shape than said
+    good = state["network"].to_json()
+    for edit, message in (({"names": good["names"][:1]}, "3 classes and 1 names"),
+                          ({"recipe": None}, "has no recipe"),
+                          ({"recipe": {**good["recipe"], "mean_shape": [5, 5, 3]}}, "its recipe is damaged")):
+        save_file({"w": torch.zeros(1)}, weights, {"format": "alexnet-safetensors-2", "metadata": "{}",
+                                                   "network": json.dumps({**good, **edit})})
+        with pytest.raises(InputError, match=message):
+            checkpoint.load(weights)
+    nan = tmp_path / "nan.pt"
+    checkpoint.save(nan, {**saved, "model": {**saved["model"], "fc8.bias": torch.full((3,), float("nan"))}})
+    with pytest.raises(InputError, match=r"nan.pt: its weights hold NaN or infinite values \(fc8.bias\)"):
+        checkpoint.model_from(checkpoint.load(nan))
     bad = dataclasses.replace(state["network"], arch="vgg")
     with pytest.raises(InputError, match="unknown architecture 'vgg'"):
         build_model(bad)

@@ -5,11 +5,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import big_photo, kill_when, photo_folder
+from conftest import big_photo, kill_when, one_line_error, photo_folder
 from PIL import Image
 
 import alexnet.data.sources
 import alexnet.data.stats
+from alexnet.cli import main
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import list_images
 from alexnet.data.sources import builtin_store, data_root, prepared_root
@@ -116,13 +117,29 @@ def test_bad_files_are_skipped_counted_and_do_not_shift_labels(photos, tmp_path,
     assert (tmp_path / "store" / "store.json").read_text().count("\n") > 0
 
 
-def test_prepared_store_is_not_prepared_twice_and_a_changed_source_starts_over(photos, tmp_path, capsys):
-    prepare(photos, tmp_path / "store", workers=1, progress=False)
-    prepare(photos, tmp_path / "store", workers=1, progress=True)
+def test_a_store_is_not_prepared_twice_and_one_of_another_source_is_kept_unless_overwritten(photos, tmp_path, capsys):
+    store = tmp_path / "store"
+    prepare(photos, store, workers=1, progress=False)
+    (store / "NOTES.txt").write_text("mine")  # what a user keeps beside a store
+    (store / "val" / "mine.txt").write_text("mine too")
+    thumbs = sorted((photos / "train").iterdir())[0] / "Thumbs.db"
+    thumbs.write_bytes(b"not an image")  # a file that is not an image changes nothing in the store
+    prepare(photos, store, workers=1, progress=True)
     assert "already prepared" in capsys.readouterr().out
-    shutil.rmtree(photos / "val" / sorted(os.listdir(photos / "val"))[0])
-    store = prepare(photos, tmp_path / "store", workers=1, progress=False)
-    assert "starting over" in capsys.readouterr().out and len(store.split("val")) == 6
+    thumbs.unlink()
+    gone = sorted(os.listdir(photos / "val"))[0]
+    shutil.rmtree(photos / "val" / gone)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    one_line_error(capsys, ["prepare", str(photos), str(store)],
+                   f"holds a store prepared from other val files (0 new, 2 gone: {photos / 'val' / gone}")
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # nothing touched
+    link = tmp_path / "link"
+    link.symlink_to(store)  # a destination reached through a link
+    main(["prepare", str(photos), str(link), "--overwrite", "--workers", "1"])
+    assert "replacing the store's own files, as asked (--overwrite)" in capsys.readouterr().out
+    assert len(Store(store).split("val")) == 6 and link.is_symlink()
+    assert (store / "NOTES.txt").read_text() == "mine" and (store / "val" / "mine.txt").read_text() == "mine too"
+    one_line_error(capsys, ["prepare", str(photos), str(store), "--size", "128"], "prepared with --size 256, not 128")
 
 
 def test_a_store_of_an_older_format_is_refused_and_remade(photos, tmp_path, capsys):
@@ -134,7 +151,7 @@ def test_a_store_of_an_older_format_is_refused_and_remade(photos, tmp_path, caps
     with pytest.raises(ValueError, match="format 1, this alexnet reads format 2: run `alexnet prepare` again"):
         Store(tmp_path / "store")
     store = prepare(photos, tmp_path / "store", workers=1, progress=False)
-    assert "starting over" in capsys.readouterr().out
+    assert "replacing the store's own files, made by another alexnet" in capsys.readouterr().out
     assert store.recipe().eigval.max() < 1  # the [0, 1] scale
 
 

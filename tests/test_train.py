@@ -299,6 +299,8 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(store, tmp_pa
 def test_a_resumed_cosine_run_given_more_epochs_trains_them(small, tmp_path):
     first = train(config(small, tmp_path, epochs=1, schedule="cosine", dropout=0.0, width=0.25, crop=64))
     before = checkpoint.load(first / "last.pt")["model"]
+    with open(first / "metrics.jsonl", "a") as f:  # a run killed while it wrote a row leaves a torn line
+        f.write('{"epoch": 2, "train_lo')
     train(TrainConfig(resume=str(first), epochs=3, progress=False))
     rows = metrics(first)
     assert [r["epoch"] for r in rows] == [1, 2, 3]

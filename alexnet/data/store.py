@@ -18,7 +18,9 @@ The store, a folder:
     store.json                   written last: the store is complete exactly when this file exists
 
 Run again on the same source, `prepare` finishes what an interrupted run left (finished shards are
-kept); on a changed source it starts over. A multi-node run can copy or split the shards.
+kept). A store of other files or settings is refused, with the first difference named, unless
+--overwrite; a store an older alexnet made is made again. Either way only the files above are deleted:
+whatever else DST holds stays. A multi-node run can copy or split the shards.
 """
 
 import hashlib
@@ -26,7 +28,6 @@ import json
 import multiprocessing
 import os
 import queue
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch
 from ..errors import InputError
 from ..files import atomic_write, write_json
 from ..kernels import cpu_kernels
-from ..options import COUNT, argument, option
+from ..options import COUNT, argument, option, up_to
 from .folders import MAX_PIXELS, SIDE, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
 from .split import Batch, Split
 from .stats import PixelStats, Recipe
@@ -55,7 +56,9 @@ class PrepareConfig:
     shard_size: int = option(4096, "images per shard file", accepts=COUNT)
     workers: int | None = option(None, "decoding processes (default: one per core)", accepts=COUNT)
     labels: str | None = option(None, "label file of a flat validation folder (default: found in SRC)")
-    size: int = option(SIDE, "side of the stored square images", accepts=COUNT)
+    size: int = option(SIDE, "side of the stored square images", accepts=up_to(4 * SIDE))
+    overwrite: bool = option(False, "replace a store in DST that was made of other files or settings (its own "
+                                    "files only: nothing else in DST is touched)")
 
 
 def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | None], PixelStats]:
@@ -92,24 +95,75 @@ def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) 
     return plan
 
 
+def _made(plan: dict) -> dict:
+    """What a plan makes: its files, labels, classes and settings, without the count of other files beside the
+    images (a Thumbs.db, say, changes nothing in the store) and without the digest, which counts it."""
+    return {**{k: v for k, v in plan.items() if k != "digest"},
+            "splits": {split: {k: v for k, v in part.items() if k != "not_images"}
+                       for split, part in plan["splits"].items()}}
+
+
+def _difference(old: dict, new: dict) -> str:
+    """The first way the store of plan `old` differs from what plan `new` would make, in words."""
+    if old.get("source") != new["source"]:
+        return f"from {old.get('source')}, not {new['source']}"
+    for key in ("size", "shard_size"):
+        if old.get(key) != new[key]:
+            return f"with --{key.replace('_', '-')} {old.get(key)}, not {new[key]}"
+    if list(old["splits"]) != list(new["splits"]):
+        return f"with the splits {', '.join(old['splits'])}, where the source has {', '.join(new['splits'])}"
+    for split, part in new["splits"].items():
+        was = old["splits"][split]
+        if was["classes"] != part["classes"]:
+            return f"with other {split} classes ({len(was['classes'])} then, {len(part['classes'])} now)"
+        added, removed = set(part["files"]) - set(was["files"]), set(was["files"]) - set(part["files"])
+        if added or removed:
+            some = f"{min(added)} is new" if added else f"{min(removed)} is gone"
+            return f"from other {split} files ({len(added)} new, {len(removed)} gone: {some})"
+    return "from the same files with other labels"
+
+
+def _remove_store(dst: Path) -> None:
+    """Delete what `prepare` wrote into `dst` (see the module's docstring), and nothing else."""
+    for split in (p for p in dst.iterdir() if p.is_dir() and not p.is_symlink()):
+        for pattern in ("images-*.npy", "shard-*.npz", "labels.npy", "files.txt"):
+            for f in split.glob(pattern):
+                f.unlink()
+        if not any(split.iterdir()):
+            split.rmdir()
+    for name in ("store.json", "mean.npy", "rgb.npz", "plan.json"):  # plan.json last: it marks a store
+        (dst / name).unlink(missing_ok=True)
+
+
 def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
             shard_size: int = PrepareConfig.shard_size, workers: int | None = PrepareConfig.workers,
-            label_file: str | Path | None = PrepareConfig.labels, progress: bool = True) -> "Store":
-    """Preprocess every split of the image folder `src` into the store `dst` on all cores (see above)."""
+            label_file: str | Path | None = PrepareConfig.labels, overwrite: bool = PrepareConfig.overwrite,
+            progress: bool = True) -> "Store":
+    """Preprocess every split of the image folder `src` into the store `dst` on all cores (see above); a store
+    there of other files or settings is refused unless `overwrite`, which deletes its files and no others."""
     from tqdm import tqdm
 
     src, dst = Path(src), Path(dst)
     plan = _plan(src, size, shard_size, label_file)
-    if (dst / "store.json").is_file() and json.loads((dst / "store.json").read_text())["digest"] == plan["digest"]:
-        if progress:
-            print(f"{dst} is already prepared from {src}")
-        return Store(dst)
     if dst.is_dir() and any(dst.iterdir()):
         if not (dst / "plan.json").is_file():
             raise InputError(f"{dst} is not empty and is not an alexnet store; choose another destination")
-        if json.loads((dst / "plan.json").read_text()).get("digest") != plan["digest"]:
-            print(f"{dst} was prepared from other files or by another version: starting over")
-            shutil.rmtree(dst)
+        try:
+            old = json.loads((dst / "plan.json").read_text())
+            _made(old)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InputError(f"{dst}/plan.json is damaged: not a store's plan; choose another destination") from None
+        if _made(old) == _made(plan) and (dst / "store.json").is_file():
+            if progress:
+                print(f"{dst} is already prepared from {src}")
+            return Store(dst)
+        if _made(old) != _made(plan):  # else an unfinished store of this plan: finished below
+            if old.get("version") == VERSION and not overwrite:
+                raise InputError(f"{dst} holds a store prepared {_difference(old, plan)}; --overwrite replaces it "
+                                 "(its own files, nothing else there), or choose another destination")
+            why = "as asked (--overwrite)" if old.get("version") == VERSION else "made by another alexnet"
+            print(f"{dst}: replacing the store's own files, {why}")
+            _remove_store(dst)
     dst.mkdir(parents=True, exist_ok=True)
     write_json(dst / "plan.json", plan)
 
