@@ -122,6 +122,8 @@ def test_a_store_is_not_prepared_twice_and_one_of_another_source_is_kept_unless_
     prepare(photos, store, workers=1, progress=False)
     (store / "NOTES.txt").write_text("mine")  # what a user keeps beside a store
     (store / "val" / "mine.txt").write_text("mine too")
+    (store / "notes").mkdir()
+    (store / "notes" / "labels.npy").write_text("a file of mine named as a store's are")
     thumbs = sorted((photos / "train").iterdir())[0] / "Thumbs.db"
     thumbs.write_bytes(b"not an image")  # a file that is not an image changes nothing in the store
     prepare(photos, store, workers=1, progress=True)
@@ -139,6 +141,7 @@ def test_a_store_is_not_prepared_twice_and_one_of_another_source_is_kept_unless_
     assert "replacing the store's own files, as asked (--overwrite)" in capsys.readouterr().out
     assert len(Store(store).split("val")) == 6 and link.is_symlink()
     assert (store / "NOTES.txt").read_text() == "mine" and (store / "val" / "mine.txt").read_text() == "mine too"
+    assert (store / "notes" / "labels.npy").is_file()
     one_line_error(capsys, ["prepare", str(photos), str(store), "--size", "128"], "prepared with --size 256, not 128")
 
 

@@ -123,9 +123,9 @@ def _difference(old: dict, new: dict) -> str:
     return "from the same files with other labels"
 
 
-def _remove_store(dst: Path) -> None:
-    """Delete what `prepare` wrote into `dst` (see the module's docstring), and nothing else."""
-    for split in (p for p in dst.iterdir() if p.is_dir() and not p.is_symlink()):
+def _remove_store(dst: Path, splits: list[str]) -> None:
+    """Delete what `prepare` wrote into `dst` for a plan of `splits` (see the module's docstring), nothing else."""
+    for split in (dst / name for name in splits if (dst / name).is_dir() and not (dst / name).is_symlink()):
         for pattern in ("images-*.npy", "shard-*.npz", "labels.npy", "files.txt"):
             for f in split.glob(pattern):
                 f.unlink()
@@ -163,7 +163,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
                                  "(its own files, nothing else there), or choose another destination")
             why = "as asked (--overwrite)" if old.get("version") == VERSION else "made by another alexnet"
             print(f"{dst}: replacing the store's own files, {why}")
-            _remove_store(dst)
+            _remove_store(dst, list(old["splits"]))
     dst.mkdir(parents=True, exist_ok=True)
     write_json(dst / "plan.json", plan)
 
