@@ -391,3 +391,25 @@ def test_default_data_photos_all_preprocess_to_256_rgb():
         for path in list_images(DEFAULT_DATA, split).paths:
             out = preprocess(path)
             assert out.shape == (256, 256, 3) and out.std() > 10, path
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
+    levels = np.tile(np.linspace(0, 65535, 400).astype(np.uint16), (300, 1))  # a dark-to-light ramp
+    Image.fromarray(levels).save(tmp_path / "deep.png")  # mode I;16
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    pixels = preprocess(tmp_path / "deep.png")
+    expected = hand_preprocess(Image.fromarray((levels // 257).astype(np.uint8)).convert("RGB"))
+    assert np.abs(pixels.astype(int) - expected).max() <= 1 and 100 < pixels.mean() < 155  # not 98% white
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path, orientation):
+    upright = Image.fromarray(gradient(400, 300)).convert("RGB")  # wider than high, a gradient across it
+    # what the camera stored: the upright picture turned back, with the tag that turns it upright again
+    stored = upright.transpose({3: Image.ROTATE_180, 6: Image.ROTATE_90, 8: Image.ROTATE_270}[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    turned, straight = preprocess(tmp_path / "phone.jpg"), preprocess(tmp_path / "upright.jpg")
+    assert np.abs(turned.astype(int) - straight).mean() < 3  # JPEG's losses apart, the same picture

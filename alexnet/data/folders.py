@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 from .split import Batch, Split
@@ -347,9 +347,21 @@ def _decode(source: Path | BinaryIO, max_pixels: int,
                 size = drafted[1][2:]  # the whole picture's (width, height) at the reduced scale
         try:
             im.load()
-            return (im if im.mode == "RGB" else im.convert("RGB")), size
+            # a phone photo's pixels lie as the sensor read them; EXIF's orientation says how to turn them upright
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)
+                size = size[::-1] if orientation in (5, 6, 7, 8) else size  # turned a quarter: width and height swap
+            return _rgb(im), size
         except Exception as err:
             raise BadImageError(path, _damage(err)) from err
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    """An image of any mode as 8-bit RGB: 16-bit grayscale scaled (PIL's own conversion clips it at 255)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit PNG and TIFF: 0..65535
+        im = Image.fromarray((np.asarray(im, np.uint32).clip(0, 65535) // 257).astype(np.uint8), "L")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def _damage(err: Exception) -> str:
