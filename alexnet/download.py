@@ -204,7 +204,9 @@ def _matches(path: Path, archive: Archive, progress: bool) -> bool:
 
 def extract(path: Path, dst: Path, progress: bool = True) -> None:
     """Unpack the tar archive `path` into `dst`: folders and regular files only, all inside `dst`; any other
-    member refuses the whole archive before a file is written."""
+    member refuses the whole archive before a file is written, and a link already in `dst` that would lead a
+    member out of it refuses that member before it is written."""
+    root = dst.resolve()
     try:
         with tarfile.open(path) as tar:
             members = tar.getmembers()
@@ -212,6 +214,9 @@ def extract(path: Path, dst: Path, progress: bool = True) -> None:
                 _check_member(member, path)
             for member in tqdm(members, desc=f"unpack {path.name}", unit="file", disable=not progress):
                 target = dst.joinpath(*PurePosixPath(member.name).parts)
+                if not _inside(target, root):
+                    raise InputError(f"{path}: refused to unpack: member {member.name!r} would be written through "
+                                     f"a link in {dst} that leads out of it")
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
@@ -220,6 +225,14 @@ def extract(path: Path, dst: Path, progress: bool = True) -> None:
                     shutil.copyfileobj(src, out, CHUNK)
     except (tarfile.TarError, EOFError) as err:
         raise InputError(f"{path} is not a readable tar archive: {err}") from None
+
+
+def _inside(target: Path, root: Path) -> bool:
+    """Whether writing `target` stays inside the folder `root` (resolved): no link on disk leads it out."""
+    existing = target
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    return existing.resolve().is_relative_to(root)
 
 
 def _check_member(member: tarfile.TarInfo, path: Path) -> None:

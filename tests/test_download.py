@@ -356,3 +356,21 @@ def test_cli_a_file_of_another_size_is_one_line_and_status_2(site, tmp_path):
         f"alexnet download: error: {site.url}/cifar-10-python.tar.gz has {len(site.files['/cifar-10-python.tar.gz'])} "
         "bytes, not the published 170498071: nothing of it was kept"]
     assert tree(tmp_path) == {}
+
+
+def test_a_link_already_in_the_destination_does_not_lead_the_unpacking_out_of_it(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dst = tmp_path / "data"
+    dst.mkdir()
+    (dst / "imagenette2-160").symlink_to(outside)  # left there by someone, or an earlier archive's link
+    archive = tmp_path / "a.tgz"
+    archive.write_bytes(tar_gz([regular("imagenette2-160/train/n01440764/ok.JPEG", jpeg((9, 9, 9)))]))
+    with pytest.raises(InputError, match="would be written through a link in .* that leads out of it"):
+        dl.extract(archive, dst, progress=False)
+    assert not any(outside.iterdir())  # nothing written where the link leads
+    (dst / "imagenette2-160").unlink()
+    (dst / "inside").mkdir()
+    (dst / "imagenette2-160").symlink_to(dst / "inside")  # a link that stays inside is followed
+    dl.extract(archive, dst, progress=False)
+    assert (dst / "inside" / "train" / "n01440764" / "ok.JPEG").is_file()
