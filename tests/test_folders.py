@@ -1,6 +1,8 @@
 import logging
+import os
 import pickle
 import struct
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -413,3 +415,28 @@ def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path, orient
     upright.save(tmp_path / "upright.jpg", quality=95)
     turned, straight = preprocess(tmp_path / "phone.jpg"), preprocess(tmp_path / "upright.jpg")
     assert np.abs(turned.astype(int) - straight).mean() < 3  # JPEG's losses apart, the same picture
+
+
+def test_each_image_is_listed_once_whatever_the_links_and_a_pipe_is_passed_over(tmp_path, caplog):
+    root = tmp_path / "data"
+    for c, colour in (("a", 0), ("b", 200)):
+        for i in range(2):
+            save_jpeg(root / "train" / c / f"{i}.jpg", np.full((40, 50, 3), colour + i, np.uint8))
+    folder = root / "train" / "a"
+    (folder / "l1").symlink_to(".")  # two links to the folder itself: walked naively, exponentially many paths
+    (folder / "l2").symlink_to(".")
+    (folder / "again.jpg").symlink_to(folder / "0.jpg")  # one image under two names
+    (folder / "nested").mkdir()
+    (folder / "nested" / "up").symlink_to(root / "train")  # a cycle through the split above
+    os.mkfifo(folder / "pipe.jpg")  # a reader of it would wait for ever
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(list_images(root, "train")), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "listing the folder did not end within a minute"
+    images = done[0]
+    assert sorted(Path(p).name for p in images.paths) == ["0.jpg", "0.jpg", "1.jpg", "1.jpg"]
+    assert list(images.labels) == [0, 0, 1, 1]
+    assert sum("pipe.jpg: not a regular file" in r.getMessage() for r in caplog.records) == 1
+    assert sum("gone.jpg: not a regular file" in r.getMessage() for r in caplog.records) == 1

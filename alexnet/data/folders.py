@@ -16,6 +16,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -171,15 +172,34 @@ def _class_folders(folder: Path) -> list[str]:
 
 
 def _image_files(folder: Path) -> tuple[list[Path], int]:
-    """The image files under `folder` (any depth, sorted) and how many other files were passed over."""
-    images, others = [], 0
+    """The image files under `folder` (any depth, sorted), each once however links lead to it, and how many
+    other files were passed over. Links are followed, but not to a folder reached before or to one above
+    `folder` (either makes a cycle); a name with an image's suffix that is not a regular file (a pipe, a
+    socket, a device, a dead link) is passed over with a warning, as reading it could wait for ever."""
+    images, others, listed = [], 0, set()
+    walked = {(up.st_dev, up.st_ino) for up in map(os.stat, Path(folder).resolve().parents)}  # a link up: a cycle
     for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # .ipynb_checkpoints and the like
-        for name in files:
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-                images.append(Path(parent, name))
-            else:
+        where = os.stat(parent)
+        if (where.st_dev, where.st_ino) in walked:
+            dirs[:] = []
+            continue
+        walked.add((where.st_dev, where.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .ipynb_checkpoints and the like
+        for name in sorted(files):
+            path = Path(parent, name)
+            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS or name.startswith("."):
                 others += 1
+                continue
+            try:
+                found = os.stat(path)
+            except OSError:
+                found = None
+            if found is None or not stat.S_ISREG(found.st_mode):
+                log.warning("skipped %s: not a regular file (a pipe, socket, device or dead link)", path)
+                others += 1
+            elif (found.st_dev, found.st_ino) not in listed:  # the same file through another link: once
+                listed.add((found.st_dev, found.st_ino))
+                images.append(path)
     return sorted(images), others
 
 
