@@ -150,14 +150,14 @@ def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
             raise InputError(f"{dst} is not empty and is not an alexnet store; choose another destination")
         try:
             old = json.loads((dst / "plan.json").read_text())
-            _made(old)
+            same = _made(old) == _made(plan)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InputError(f"{dst}/plan.json is damaged: not a store's plan; choose another destination") from None
-        if _made(old) == _made(plan) and (dst / "store.json").is_file():
+        if same and (dst / "store.json").is_file():
             if progress:
                 print(f"{dst} is already prepared from {src}")
             return Store(dst)
-        if _made(old) != _made(plan):  # else an unfinished store of this plan: finished below
+        if not same:  # else an unfinished store of this plan: finished below
             if old.get("version") == VERSION and not overwrite:
                 raise InputError(f"{dst} holds a store prepared {_difference(old, plan)}; --overwrite replaces it "
                                  "(its own files, nothing else there), or choose another destination")
