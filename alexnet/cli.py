@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-TRACEBACK = "ALEXNET_TRACEBACK"  # set to show the traceback of a bad-input error
+TRACEBACK = "ALEXNET_TRACEBACK"  # set to show the traceback of a bad-input or environment error
 # what the system says of a path the user gave that it cannot write: bad input, one line, exit status 2
 REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 # what the system says when it runs out of room: a failing environment, one line, exit status 1
@@ -209,7 +209,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="alexnet", formatter_class=fmt,
                     description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
     parser.add_argument("--traceback", action="store_true",
-                        help=f"show the traceback of a bad-input error too (or set {TRACEBACK}=1)")
+                        help=f"show the traceback of a bad-input or environment error too (or set {TRACEBACK}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, run: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser | None:
