@@ -208,6 +208,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     fmt = _Help
     parser = Parser(prog="alexnet", formatter_class=fmt,
                     description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     parser.add_argument("--traceback", action="store_true",
                         help=f"show the traceback of a bad-input or environment error too (or set {TRACEBACK}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
