@@ -122,7 +122,29 @@ def resolve(cfg: TrainConfig, classes: int) -> tuple[TrainConfig, str, str]:
     configuration resolves to itself."""
     init, init_reason = (cfg.init, "as asked") if cfg.init else default_init(cfg.arch, classes)
     clip, clip_reason = (cfg.clip, "as asked") if cfg.clip is not None else default_clip(classes)
-    return dataclasses.replace(fill_defaults(cfg), init=init, clip=clip), init_reason, clip_reason
+    return (dataclasses.replace(fill_defaults(cfg), data=absolute(cfg.data), init=init, clip=clip), init_reason,
+            clip_reason)
+
+
+def absolute(data: str | None) -> str | None:
+    """A data path as a run keeps it: absolute, so that the run resumes, and its checkpoints evaluate, from any
+    folder."""
+    return None if data is None else str(Path(data).expanduser().resolve())
+
+
+def moved_data(data: str | None, saved: str | None, digest: str | None) -> str | None:
+    """The data of a resumed run: its own (`saved`), or `data` where that is the same store at another place (its
+    plan's digest the run's `digest`); InputError for other data."""
+    if data is None or absolute(data) == absolute(saved):
+        return saved
+    from .data.sources import is_store
+    from .data.store import Store
+
+    if digest is not None and is_store(data) and Store(data).plan["digest"] == digest:
+        return absolute(data)
+    raise InputError(f"--data {data}: the run to resume trained on {saved or 'the built-in photos'}"
+                     + (", and this is another store" if digest and is_store(data) else
+                        "; --data takes the same store moved to another place"))
 
 
 def saved_config(state: dict) -> TrainConfig:
@@ -137,7 +159,9 @@ def resume_config(request: TrainConfig, state: dict) -> tuple[TrainConfig, int]:
     epochs that fitted). InputError where the checkpoint is not a run's, or the run has nothing left to train."""
     if "optimizer" not in state:  # a weights file, an import
         raise InputError(f"{state['path']} holds a network's weights only; --resume takes a run's {LAST}")
-    cfg = resumed(request, saved_config(state))
+    saved = saved_config(state)
+    cfg = dataclasses.replace(resumed(dataclasses.replace(request, data=None), saved),
+                              data=moved_data(request.data, saved.data, state.get("data_digest")))
     # a checkpoint without planned_epochs kept a budget's plan in its configuration's epochs
     epochs, steps = request.epochs or state.get("planned_epochs", cfg.epochs), state["total_steps"]
     if epochs <= state["epoch"] and request.epochs is None:
@@ -159,4 +183,5 @@ def unsaved_config(request: TrainConfig, folder: Path) -> TrainConfig:
         saved = saved_config({"config": read_json(folder / CONFIG)})
     except (ValueError, AttributeError, TypeError):
         raise InputError(f"{folder / CONFIG} is not a run's configuration") from None
-    return resumed(request, saved)
+    return dataclasses.replace(resumed(dataclasses.replace(request, data=None), saved),
+                               data=moved_data(request.data, saved.data, None))

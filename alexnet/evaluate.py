@@ -27,7 +27,8 @@ class EvalConfig:
     """`alexnet eval`'s arguments."""
 
     checkpoints: list[str] = argument("checkpoint files or run folders", nargs="+")
-    data: str | None = option(None, "a store or an image folder (default: the built-in photos)")
+    data: str | None = option(None, "a store or an image folder (default: the one the first checkpoint was trained "
+                                    "on; the built-in photos where it records none)")
     split: str = option("val", "split to evaluate")
     crops: int = option(1, "1: centre crop; 10: ten patches", choices=(1, 10))
     batch_size: int = option(128, "images per batch", accepts=COUNT)
@@ -136,18 +137,23 @@ def evaluate_checkpoints(paths: list[str], data: str | None, split: str = EvalCo
                          crops: int = EvalConfig.crops, batch_size: int = EvalConfig.batch_size,
                          device: str = EvalConfig.device, precision: str = EvalConfig.precision,
                          progress: bool = True) -> Errors:
-    """`alexnet eval`: the error of one checkpoint, or of several averaged (an ensemble), on a split."""
+    """`alexnet eval`: the error of one checkpoint, or of several averaged (an ensemble), on a split of `data`,
+    by default the data set the first checkpoint was trained on (the built-in photos where it records none)."""
     from tqdm import tqdm
 
     networks = load_networks(paths, device, precision)
-    source = open_split(prepared_root(data), split)
     first = networks[0]
+    saved = first.info.get("config") or {}  # a run's; an import's has no data set
+    recorded = data is None and "data" in saved
+    data = saved["data"] if recorded else data
+    source = open_split(prepared_root(data), split)
     for net in networks:
         net.check_side(source, data or "the built-in photos")
     if source.classes != first.classes:
-        raise InputError(f"{first.info['path']} has {len(first.classes)} classes; the data has "
-                         f"{len(source.classes)}" + (" (other ones)" if len(source.classes) == len(
-                             first.classes) else ""))
+        which = "other ones" if len(source.classes) == len(first.classes) else len(source.classes)
+        where = "the built-in photos have" if data is None else f"{data} has" if recorded else "the data has"
+        hint = "; give --data" if data is None and not recorded else ""
+        raise InputError(f"{first.info['path']} has {len(first.classes)} classes; {where} {which}{hint}")
     loader = Loader(source, batch_size, shuffle=False, pin_memory=first.device.type == "cuda")
     with tqdm(total=len(source), unit="img", desc="eval", disable=not progress, leave=False) as bar:
         errors = evaluate(networks, loader.epoch(0), crops, progress=bar)

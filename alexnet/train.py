@@ -97,6 +97,7 @@ class Data:
     val: Loader
     recipe: Recipe
     description: str
+    digest: str | None  # a store's (its plan's SHA-256), which a resumed run checks a moved store by
 
     @property
     def classes(self) -> list[str]:
@@ -142,16 +143,17 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1, pair: Pair | None
         raise InputError(f"{root}: the validation classes differ from the training classes")
     if cfg.crop > train.side:
         raise InputError(f"--crop {cfg.crop}: larger than the {train.side}×{train.side} images of {root}")
-    description = describe(cfg.data)
+    description, digest = describe(cfg.data), None
     if is_store(root):
-        recipe = Store(root).recipe()
+        store = Store(root)
+        recipe, digest = store.recipe(), store.plan["digest"]
     else:
         recipe = estimate_recipe(train, cfg.seed)
         description += f" (mean and PCA from {min(len(train), RECIPE_SAMPLE)} images)"
     loader = functools.partial(Loader, batch_size=cfg.batch_size, seed=cfg.seed, rank=shard, world=shards,
                                workers=cfg.workers, pin_memory=choose_device(cfg.device).type == "cuda")
     return Data(loader(train, shuffle=True, stratify=cfg.order == "stratified"), loader(val, shuffle=False), recipe,
-                description)
+                description, digest)
 
 
 class Trainer:
@@ -257,6 +259,7 @@ class Trainer:
         return {**self.info(), "network": self.record, "model": model, "optimizer": optimizer,
                 "schedule": self.schedule.state_dict(), "step": self.step, "total_steps": self.total_steps,
                 "sums": list(self.sums), "planned": self.planned, "planned_epochs": self.epochs,
+                "data_digest": self.data.digest,
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
 

@@ -81,6 +81,7 @@ def test_eval_command_counts_every_image_and_matches_the_library(store, checkpoi
 
     errors = evaluate(members(paths[:1]), Loader(split, 7, shuffle=False).epoch(0))
     assert report["top1_error"] == pytest.approx(errors.top1) and report["top5_error"] == pytest.approx(errors.top5)
+    assert json.loads(cli(capsys, "eval", str(paths[0]), "--json")) == report  # the data set it records
     assert "top-5 error 0.00% (of 4 classes, all are in the top 5) on 20 images" in cli(
         capsys, "eval", str(paths[0]), "--data", str(store))
     assert "classes" not in Errors(0.5, 0.25, 20, 10).line()
@@ -103,6 +104,10 @@ def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path, capsys):
     paths, ten = checkpoints
     one_line_error(capsys, ["eval", str(paths[0]), "--data", str(tmp_path / "nowhere")], "data folder not found")
     one_line_error(capsys, ["eval", str(ten), "--data", str(store)], "has 10 classes; the data has 4")
+    state = checkpoint.load(paths[0])
+    checkpoint.save(tmp_path / "four.pt", {k: v for k, v in state.items() if k not in ("format", "path", "config")})
+    one_line_error(capsys, ["eval", str(tmp_path / "four.pt")],  # a network that records no data set
+                   "four.pt has 4 classes; the built-in photos have 10; give --data")
     one_line_error(capsys, ["eval", str(paths[0]), str(ten), "--data", str(store)],
                    "an ensemble needs the same classes")
     cut = tmp_path / "cut.pt"

@@ -317,7 +317,7 @@ def test_a_resumed_cosine_run_given_more_epochs_trains_them(small, tmp_path):
 def test_a_resume_keeps_the_runs_recipe_and_says_what_it_may_change(small, tmp_path, capsys):
     run_dir = train(config(small, tmp_path, epochs=1, max_steps=1, width=0.25, crop=64))
     for args, message in ((["--arch", "owt"], "--arch owt: the run to resume has 'paper'"),
-                          (["--data", str(tmp_path)], f"--data {tmp_path}: the run to resume has"),
+                          (["--data", str(tmp_path)], f"--data {tmp_path}: the run to resume trained on {small}"),
                           (["--lr", "0.1"], "--lr 0.1: the run to resume has 0.01"),
                           (["--epochs", "0"], "argument --epochs: expected a whole number of at least 1")):
         with pytest.raises(SystemExit) as stop:
@@ -463,3 +463,20 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_status_1_and_leav
     monkeypatch.undo()  # room on the disk again: the run starts again
     main(["train", "--resume", str(tmp_path / "full")])
     assert (tmp_path / "full" / "last.pt").is_file()
+
+
+def test_a_run_resumes_from_any_folder_and_from_its_store_moved_but_not_from_another(small, store, tmp_path, capsys,
+                                                                                     monkeypatch):
+    shutil.copytree(small, tmp_path / "here" / "store")
+    monkeypatch.chdir(tmp_path / "here")  # the data given relative to where the run starts
+    run_dir = train(config(Path("store"), tmp_path, epochs=2, max_steps=1, width=0.25, crop=64))
+    assert json.loads((run_dir / "config.json").read_text())["data"] == str(tmp_path / "here" / "store")
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    train(TrainConfig(resume=str(run_dir), max_steps=2, progress=False))
+    (tmp_path / "here" / "store").rename(tmp_path / "moved")
+    one_line_error(capsys, ["train", "--resume", str(run_dir), "--max-steps", "3"], "data folder not found")
+    one_line_error(capsys, ["train", "--resume", str(run_dir), "--max-steps", "3", "--data", str(store)],
+                   f"--data {store}: the run to resume trained on {tmp_path / 'here' / 'store'}, and this is another")
+    main(["train", "--resume", str(run_dir), "--max-steps", "3", "--data", "moved"])
+    state = checkpoint.load(run_dir / "last.pt")
+    assert state["total_steps"] == 3 and state["config"]["data"] == str(tmp_path / "moved")
