@@ -440,3 +440,32 @@ def test_each_image_is_listed_once_whatever_the_links_and_a_pipe_is_passed_over(
     assert list(images.labels) == [0, 0, 1, 1]
     assert sum("pipe.jpg: not a regular file" in r.getMessage() for r in caplog.records) == 1
     assert sum("gone.jpg: not a regular file" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_only_photo_formats_are_decoded_and_eps_never_reaches_its_plugin(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self))
+    Image.fromarray(gradient(64, 48)).save(tmp_path / "photo.eps", "EPS")  # PostScript: runs Ghostscript
+    (tmp_path / "photo.jpg").write_bytes((tmp_path / "photo.eps").read_bytes())
+    for name in ("photo.eps", "photo.jpg"):
+        with pytest.raises(BadImageError) as err:
+            preprocess(tmp_path / name)
+        assert err.value.reason == "not an image"
+    assert opened == []
+    for fmt in ("PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM"):  # the formats photos come in are read
+        Image.fromarray(gradient(64, 48)).save(tmp_path / f"photo.{fmt}", fmt)
+        assert preprocess(tmp_path / f"photo.{fmt}").shape == (256, 256, 3)
+
+
+def test_a_phones_mpo_photo_is_decoded_at_reduced_scale_as_a_jpeg_is(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    drafted, draft = [], JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, *args: drafted.append(self.format) or draft(self, *args))
+    big = Image.fromarray(gradient(1600, 1200))
+    big.save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[big.resize((160, 120))])
+    assert Image.open(tmp_path / "phone.jpg").format == "MPO"
+    assert preprocess(tmp_path / "phone.jpg").shape == (256, 256, 3) and drafted == ["MPO"]

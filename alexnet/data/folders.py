@@ -34,6 +34,9 @@ from .split import Batch, Split
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
+# the formats PIL may decode, whatever a file is named: photos' formats only (JPEG's includes MPO, a phone's JPEG
+# with a second picture), never a plugin that runs another program (EPS runs Ghostscript) or a rarely used parser
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), about 90 million
 RESAMPLE = Image.BILINEAR  # PIL's bilinear filter, widened when shrinking (antialiased), as torchvision's Resize
 SIDE = 256  # §2 (docs/paper.md#preprocessing): the side of the square images after the preprocessing
@@ -320,7 +323,7 @@ class BadFiles:
 
 
 def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file to RGB (from CMYK, grayscale, palette, any format PIL reads), or raise BadImageError."""
+    """Decode an image file to RGB (from CMYK, grayscale, palette; of the FORMATS), or raise BadImageError."""
     return _decode(Path(path), max_pixels)[0]
 
 
@@ -351,7 +354,7 @@ def _decode(source: Path | BinaryIO, max_pixels: int,
         try:
             with warnings.catch_warnings():  # PIL warns above its own limit; `max_pixels` decides instead
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(f)
+                im = Image.open(f, formats=FORMATS)
         except Image.DecompressionBombError as err:
             raise BadImageError(path, "too many pixels") from err
         except UnidentifiedImageError as err:
@@ -361,7 +364,7 @@ def _decode(source: Path | BinaryIO, max_pixels: int,
         size: tuple[float, float] = im.size
         if size[0] * size[1] > max_pixels:  # from the header, before decoding: decompression bombs
             raise BadImageError(path, "too many pixels")
-        if draft_side is not None and im.format == "JPEG":
+        if draft_side is not None and im.format in ("JPEG", "MPO"):
             drafted = im.draft(None, (draft_side, draft_side))
             if drafted is not None:
                 size = drafted[1][2:]  # the whole picture's (width, height) at the reduced scale
