@@ -16,6 +16,7 @@ import threading
 import time
 import types
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import bomb_png, photo_folder
+from conftest import bomb_png, mutants, peak_growth, photo_folder
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -577,3 +578,39 @@ def test_a_client_that_leaves_mid_upload_is_one_log_line(caplog):
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 3 and all("left before its request was read" in r.getMessage() and r.exc_info is None
                                    for r in lines), [r.getMessage() for r in lines]
+
+
+def test_fuzz_every_damaged_upload_is_answered_200_or_400_in_one_line():
+    statuses = Counter()
+    with TestClient(make_app(Plain()), base_url=LOCAL) as client:  # an exception in the app fails the test
+
+        def send_all() -> None:
+            for data in mutants(300, seed=1):
+                r = post(client, data, "image/png")
+                assert r.status_code in (200, 400) and "\n" not in r.json().get("error", ""), r.text
+                statuses[r.status_code] += 1
+
+        assert peak_growth(send_all) < 400  # MiB
+    assert statuses[200] and statuses[400] and sum(statuses.values()) == 300
+
+
+def test_bombs_and_photos_together_memory_stays_bounded_and_every_photo_is_answered():
+    bomb, photo = bomb_png(5000, 4000), PHOTO.read_bytes()  # 1 bit a pixel: 2 bytes once decoded (folders.py)
+    answered, end = Counter(), time.monotonic() + 4
+
+    async def client(data: bytes, url: str) -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            while time.monotonic() < end:
+                r = await http.post(url + "/predict", content=data, headers={"content-type": "image/png"})
+                if data is photo:
+                    assert r.status_code == 200 or (r.status_code == 503 and r.headers["retry-after"]), r.text
+                answered[data is photo, r.status_code] += 1
+
+    app = make_app(Plain(), max_pixels=20_000_000, queue=16)
+    with running(app) as url:
+        async def together() -> None:
+            await asyncio.gather(*(client(bomb, url) for _ in range(12)), *(client(photo, url) for _ in range(2)))
+
+        growth = peak_growth(lambda: asyncio.run(together()))
+    assert answered[True, 200] and answered[False, 200], answered  # photos and bombs both served
+    assert growth < decoders(20_000_000) * 20_000_000 * 2 / 2**20 + 100, (growth, answered)  # MiB
