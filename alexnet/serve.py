@@ -159,7 +159,8 @@ BODY = {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": [FIELD],
                                        "properties": {FIELD: {"type": "string", "format": "binary"}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}
-ERRORS = {400: "not a usable image (empty, not an image, truncated, corrupt, too many pixels) or a bad form",
+ERRORS = {400: "not a usable image (empty, not an image, truncated, corrupt, too many pixels), a bad form or a "
+               "Host that is not this server's",
           413: "the request body is over the size limit", 415: "a content type other than multipart or image/*",
           422: "a missing field or a bad query option", 503: "the queue is full: try again shortly"}
 
