@@ -316,6 +316,8 @@ def test_bad_command_line_input_is_one_line_and_status_2(ckpt, tmp_path, capsys)
         for argv, fragment in ((["serve", str(tmp_path / "missing.pt")], "no checkpoint at"),
                                (["serve", str(ckpt[0]), "--features", str(tmp_path)], "is not a features folder"),
                                (["serve", str(ckpt[0]), "--port", "99999"], "expected a port number from 1 to 65535"),
+                               (["serve", str(ckpt[0]), "--max-pixels", "100000000"], "from 1 to 89478485"),
+                               (["serve", str(ckpt[0]), "--timeout", "0"], "a finite number above 0"),
                                (["serve", str(ckpt[0]), "--port", port], f"--port {port}: cannot listen there")):
             with pytest.raises(SystemExit) as stop:
                 main(argv)
@@ -566,11 +568,13 @@ def test_a_connection_that_sends_half_a_request_is_closed_after_the_timeout():
 
 
 def test_a_client_that_leaves_mid_upload_is_one_log_line(caplog):
+    head = "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {}\r\nContent-Length: 90000\r\n\r\n"
+    form = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
     with running(make_app(Plain())) as url:
-        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 90000\r\n\r\n"
-        for _ in range(3):
+        for sent in (head.format("image/jpeg").encode(), head.format("multipart/form-data; boundary=b").encode()
+                     + form, head.format("image/jpeg").encode()):  # raw bodies and a form, each cut short
             with socket.create_connection(url.removeprefix("http://").split(":")) as s:
-                s.sendall(head + PHOTO.read_bytes()[:2000])
+                s.sendall(sent + PHOTO.read_bytes()[:2000])
                 time.sleep(0.2)
         deadline = time.monotonic() + 10
         while sum("left before" in r.getMessage() for r in caplog.records) < 3 and time.monotonic() < deadline:
