@@ -13,10 +13,10 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # the names of this machine t
 ANY_ADDRESS = ("0.0.0.0", "::", "")  # a --host that listens on every interface names none of them
 
 
-def allowed_hosts(host: str, more: str = "") -> frozenset[str]:
+def allowed_hosts(host: str, more: str | None = None) -> frozenset[str]:
     """The Host names a server listening at `host` answers to: this machine's own, `host` itself where it is a
     name or one address, and the comma-separated `more` ("*": any)."""
-    names = {*LOCAL_HOSTS, *(name.strip() for name in more.split(",") if name.strip())}
+    names = {*LOCAL_HOSTS, *(name.strip() for name in (more or "").split(",") if name.strip())}
     if host not in ANY_ADDRESS:
         names.add(f"[{host}]" if ":" in host else host)
     return frozenset(name.lower() for name in names)

@@ -76,13 +76,14 @@ class ServeConfig:
     max_batch: int = option(16, "photos per forward pass at most (1: no batching)", accepts=up_to(1024))
     max_wait: float = option(5.0, "milliseconds a batch waits for more photos after its first", accepts=AMOUNT,
                              metavar="MS")
-    queue: int = option(64, "photos waiting at most; beyond, 503 (busy)", accepts=COUNT)
+    queue: int = option(64, "photos waiting at most, those being decoded included; beyond, 503 (busy)",
+                        accepts=COUNT)
     max_mb: float = option(20.0, "largest request body in MiB; beyond, 413", accepts=RATE)
     max_pixels: int = option(50_000_000, "largest image in pixels (width × height, read from its header before "
                                          "decoding); beyond, 400", accepts=up_to(MAX_PIXELS))
     timeout: float = option(30.0, "seconds a connection has to send a whole request (headers and body); beyond, "
                                   "it is closed", accepts=RATE)
-    allow_hosts: str = option("", f"Host names to answer besides {', '.join(LOCAL_HOSTS)} and --host, "
+    allow_hosts: str | None = option(None, f"Host names to answer besides {', '.join(LOCAL_HOSTS)} and --host, "
                                   "comma-separated (*: any); others get 400", metavar="NAMES")
 
 
