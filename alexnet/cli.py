@@ -8,10 +8,11 @@ import os
 import sys
 from collections.abc import Callable
 
-TRACEBACK = "ALEXNET_TRACEBACK"  # set to show the traceback of a bad-input error
-# what the system says of a path the user gave that it cannot write: not a bug, one line
-REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
-           errno.EEXIST}
+TRACEBACK = "ALEXNET_TRACEBACK"  # set to show the traceback of a bad-input or environment error
+# what the system says of a path the user gave that it cannot write: bad input, one line, exit status 2
+REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+# what the system says when it runs out of room: a failing environment, one line, exit status 1
+EXHAUSTED = {errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -207,8 +208,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     fmt = _Help
     parser = Parser(prog="alexnet", formatter_class=fmt,
                     description="AlexNet (Krizhevsky, Sutskever, Hinton 2012) as the paper specifies it.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     parser.add_argument("--traceback", action="store_true",
-                        help=f"show the traceback of a bad-input error too (or set {TRACEBACK}=1)")
+                        help=f"show the traceback of a bad-input or environment error too (or set {TRACEBACK}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, run: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser | None:
@@ -343,9 +347,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the subcommand. Bad input (InputError, or a file the system refuses to
-    write) ends in one line on stderr and exit status 2; anything else is a bug and keeps its traceback."""
+    write) ends in one line on stderr and exit status 2; a failing environment (Failure, a full disk) in one line
+    and exit status 1; anything else is a bug and keeps its traceback."""
     from .divergence import DivergedError
-    from .errors import InputError
+    from .errors import Failure, InputError
 
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(next((word for word in argv if not word.startswith("-")), "")).parse_args(argv)  # the command
@@ -356,12 +361,15 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # the reader of the output went away (`alexnet predict ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting flushes nowhere
         sys.exit(1)
-    except (InputError, OSError) as err:
-        if (isinstance(err, OSError) and err.errno not in REFUSED) or args.traceback or os.environ.get(TRACEBACK):
+    except (InputError, Failure, OSError) as err:
+        if (isinstance(err, OSError) and err.errno not in REFUSED | EXHAUSTED) or args.traceback \
+                or os.environ.get(TRACEBACK):
             raise
-        said = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
-        print(f"alexnet {command}: error: {said}", file=sys.stderr)
-        sys.exit(2)
+        said = (err if not isinstance(err, OSError) else
+                f"{err.filename}: {err.strerror}" if err.filename else err.strerror)
+        failed = isinstance(err, Failure) or isinstance(err, OSError) and err.errno in EXHAUSTED
+        print(f"alexnet {command}: {'failed' if failed else 'error'}: {said}", file=sys.stderr)
+        sys.exit(1 if failed else 2)
     except KeyboardInterrupt:
         print(f"alexnet {command}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -6,14 +6,16 @@ in its checkpoints."""
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import InputError, count
 from .few_classes import CLIP, PAPER_CLASSES, default_clip, default_init
+from .files import read_json
 from .lrn import MODES
 from .model import ARCHS, INITS, MIDDLE, WIDTHS
 from .optim import SCHEDULES
 from .options import AMOUNT, COUNT, FRACTION, RATE, SEED, SIZE, Accepts, check, option, resumed
-from .run_folder import LAST
+from .run_folder import CONFIG, LAST
 from .runtime import PRECISIONS
 
 # The built-in photos (850 training images of 10 classes) get a budget that keeps the main job under 10 minutes.
@@ -148,3 +150,13 @@ def resume_config(request: TrainConfig, state: dict) -> tuple[TrainConfig, int]:
         raise InputError(f"--max-steps {cfg.max_steps}: the run has made {count(steps, 'step')} already; "
                          "give more")
     return cfg, epochs
+
+
+def unsaved_config(request: TrainConfig, folder: Path) -> TrainConfig:
+    """The configuration of a run that stopped before its first checkpoint (run_folder.unsaved): its config.json,
+    with the changes that `request` may make, to start it again."""
+    try:
+        saved = saved_config({"config": read_json(folder / CONFIG)})
+    except (ValueError, AttributeError, TypeError):
+        raise InputError(f"{folder / CONFIG} is not a run's configuration") from None
+    return resumed(request, saved)

@@ -1,5 +1,6 @@
 """What people are told: the one error type for bad input (the command line prints it as one line and exits with
-status 2), and the words of the lines they read (counted nouns, the start of another library's error)."""
+status 2), the one for a failing environment (one line, exit status 1), and the words of the lines they read
+(counted nouns, the start of another library's error)."""
 
 
 class InputError(ValueError):
@@ -15,3 +16,7 @@ def first_words(err: Exception, most: int = 100) -> str:
     """The start of an exception's message: its first sentence, cut at a word within `most` characters."""
     line = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
     return line if len(line) <= most else line[:most].rsplit(" ", 1)[0] + " ..."
+
+
+class Failure(RuntimeError):  # noqa: N818 (the environment failed; "error" is the user's)
+    """The environment failed (a full disk, a dead worker, a port taken): not the user's input, not a bug."""

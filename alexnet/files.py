@@ -20,8 +20,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
-    except BaseException:  # a failed or interrupted writer leaves the old file, and no half-written one beside it
+    except BaseException as err:  # a failed or interrupted writer leaves the old file and no half-written one
         tmp.unlink(missing_ok=True)
+        # a full disk says which file, also where torch.save turned the failed write into a RuntimeError
+        refused = err.__context__ if isinstance(err, RuntimeError) else err
+        if isinstance(refused, OSError) and not refused.filename:
+            raise OSError(refused.errno, refused.strerror, str(path)) from err
         raise
 
 

@@ -37,6 +37,12 @@ def taken(path: Path) -> bool:
     return path.is_file() or path.is_dir() and any(path.iterdir())
 
 
+def unsaved(path: Path) -> bool:
+    """Whether `path` is the folder of a run that stopped before its first checkpoint (a full disk, say): its
+    configuration and no checkpoint."""
+    return (path / CONFIG).is_file() and not (path / LAST).exists() and not (path / BEST).exists()
+
+
 class RunFolder:
     """The files of a run that grow as it trains: configuration, metrics (JSON lines, CSV, TensorBoard), plot.
     Only the `active` process writes."""

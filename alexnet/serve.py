@@ -18,6 +18,7 @@ and one declaring more than --max-pixels pixels is refused from its header. Ever
 
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import math
@@ -46,7 +47,7 @@ from .batching import Batcher, BusyError
 from .connections import LOCAL_HOSTS, BodyLimit, HostCheck, allowed_hosts, deadline
 from .data.folders import MAX_PIXELS, TOO_MANY_PIXELS, BadImageError
 from .draw import center
-from .errors import InputError
+from .errors import Failure, InputError
 from .evaluate import probabilities, top5, top5_records
 from .features import Features, fc7
 from .inference import Network, load_network
@@ -283,14 +284,16 @@ async def _upload(request: Request) -> tuple[bytes, str]:
 
 
 def listenable(host: str, port: int) -> None:
-    """Raise InputError unless this process can listen at host:port (a free port of an address it has)."""
+    """Raise InputError unless this process can listen at host:port (an address it has), Failure where the port is
+    taken."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             probe.bind(address)
     except OSError as err:
-        raise InputError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+        said = f"--host {host} --port {port}: cannot listen there ({err.strerror or err})"
+        raise (Failure if err.errno == errno.EADDRINUSE else InputError)(said) from None
 
 
 def server(app: FastAPI, host: str, port: int, timeout: float = ServeConfig.timeout, **settings) -> uvicorn.Server:

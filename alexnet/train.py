@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import checkpoint, distributed, run_folder
-from .config import TrainConfig, resolve, resume_config
+from .config import TrainConfig, resolve, resume_config, unsaved_config
 from .data.augment import COLOUR_STD, center_crop, train_batch
 from .data.folders import SIDE, BadImageError, preprocess
 from .data.loader import Loader
@@ -51,7 +51,9 @@ def train(cfg: TrainConfig) -> Path:
     rank, world, local_rank = distributed.start()
     try:
         state = epochs = None
-        if cfg.resume:
+        if cfg.resume and run_folder.unsaved(Path(cfg.resume)):  # stopped before its first checkpoint: start again
+            cfg, run_path = unsaved_config(cfg, Path(cfg.resume)), Path(cfg.resume)
+        elif cfg.resume:
             state = checkpoint.load(Path(cfg.resume) / run_folder.LAST if Path(cfg.resume).is_dir() else cfg.resume)
             (cfg, epochs), run_path = resume_config(cfg, state), Path(state["path"]).parent
         else:

@@ -114,11 +114,12 @@ def kill_when(module: str, name: str, condition: str, *argv: str) -> None:
         assert hooked, f"the process ended before {module}.{name} met {condition}:\n{errors.read()[-3000:]}"
 
 
-def one_line_error(capsys, argv: list[str], fragment: str) -> None:
-    """`alexnet ARGV` in this process ends with exit status 2 and one line on stderr holding `fragment`."""
+def one_line_error(capsys, argv: list[str], fragment: str, status: int = 2) -> None:
+    """`alexnet ARGV` in this process ends with exit status `status` (2: bad input; 1: a failing environment) and
+    one line on stderr holding `fragment`."""
     with pytest.raises(SystemExit) as stop:
         main(argv)
-    assert stop.value.code == 2
+    assert stop.value.code == status
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], lines
 

@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+import alexnet as alexnet_package
 from alexnet.cli import main
 
 
@@ -15,6 +16,8 @@ def test_help_lists_commands_and_defaults():
     assert top.returncode == 0 and "summary" in top.stdout
     sub = alexnet("summary", "--help")
     assert "--arch" in sub.stdout and "(default: paper)" in sub.stdout
+    version = alexnet("--version")
+    assert version.returncode == 0 and version.stdout == f"alexnet {alexnet_package.__version__}\n"
 
 
 def test_summary_reproduces_the_paper_table():

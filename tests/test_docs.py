@@ -1,6 +1,6 @@
 """The documentation agrees with the repository: links and images point at files and headings that exist, every
-file in docs/ is linked from a page, every `alexnet` command in a code block or in inline code names a subcommand
-and options the command line has, and the README stays a short guide."""
+file in docs/ is linked from a page, every test a page names exists, every `alexnet` command in a code block or in
+inline code names a subcommand and options the command line has, and the README stays a short guide."""
 
 import argparse
 import re
@@ -19,6 +19,7 @@ FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`([^`\n]+)`")
 HEADING = re.compile(r"^#{1,6} (.+)$", re.M)
 CITATION = re.compile(r"docs/(\w+\.md)#([\w-]+)")  # a code comment's or docstring's link into a page
+TEST = re.compile(r"tests/(test_\w+\.py)::(test_\w+)")  # a page's reference to the test that holds a claim
 SHELL = ("", "bash", "sh", "shell", "console")  # the code blocks whose lines are commands
 README_LIMIT = 15_000  # characters: the README is a guide to the present; detail lives in docs/
 
@@ -117,6 +118,17 @@ def test_every_citation_in_the_code_points_at_a_heading():
     assert [c for f in sources if f.name != Path(__file__).name for c in unknown_citations(f.read_text())] == []
 
 
+def unknown_tests(page: Path) -> list[str]:
+    """The tests a page names (tests/FILE.py::NAME) that do not exist."""
+    return [f"{file}::{name}" for file, name in TEST.findall(page.read_text())
+            if not (ROOT / "tests" / file).exists() or f"def {name}(" not in (ROOT / "tests" / file).read_text()]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_test_a_page_names_exists(page):
+    assert unknown_tests(page) == []
+
+
 def test_every_file_in_docs_is_linked_from_a_page():
     linked = {(page.parent / local(t)).resolve() for page in PAGES for t in links(page) if local(t)}
     assert [f.name for f in sorted((ROOT / "docs").iterdir()) if f.resolve() not in linked] == []
@@ -164,6 +176,9 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     assert unknown_commands(page) == wrong
     assert unknown_commands(page, inline=True) == [*wrong, "eval CKPT --crop 10"]
     assert unknown_citations("see docs/paper.md#lrn and docs/paper.md#no-such-heading") == ["paper.md#no-such-heading"]
+    page.write_text("| held by tests/test_docs.py::test_every_test_a_page_names_exists |\n"
+                    "| tests/test_docs.py::test_no_such_test, tests/test_nothing.py::test_x |\n")
+    assert unknown_tests(page) == ["test_docs.py::test_no_such_test", "test_nothing.py::test_x"]
     (tmp_path / "pkg" / "csrc").mkdir(parents=True)
     for name in ("__init__.py", "a.py", "csrc/b.cpp", "csrc/c.cpp"):
         (tmp_path / "pkg" / name).write_text("")

@@ -178,3 +178,25 @@ def test_a_record_of_a_newer_version_or_not_a_record_is_a_one_line_error(tmp_pat
     with pytest.raises(InputError, match="unknown architecture 'vgg'"):
         build_model(bad)
 
+
+
+class Payload:
+    """A pickle that runs code when it is loaded: here it would leave a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "features", "filters"])
+def test_a_checkpoint_that_would_run_code_is_refused_unloaded_by_every_command(command, tmp_path, capsys):
+    state = torch.load(FIXTURES / "v1-checkpoint.pt", weights_only=True)
+    bad = tmp_path / "bad.pt"
+    torch.save({**state, "payload": Payload(tmp_path / "ran")}, bad)
+    argv = {"eval": [str(bad)], "predict": [str(bad), str(next(DEFAULT_DATA.rglob("*.JPEG")))],
+            "export": [str(bad), str(tmp_path / "out.safetensors")], "filters": [str(bad)],
+            "features": [str(bad), "--out", str(tmp_path / "f")]}
+    one_line_error(capsys, [command, *argv[command]], f"{bad} is not a readable checkpoint (UnpicklingError")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out.safetensors").exists()

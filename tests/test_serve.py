@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import bomb_png, mutants, peak_growth, photo_folder
+from conftest import bomb_png, mutants, one_line_error, peak_growth, photo_folder
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -308,22 +308,19 @@ def test_auto_precision_is_the_faster_at_the_servers_max_batch(ckpt, tmp_path, m
     assert set(timed) == {1, 16}
 
 
-def test_bad_command_line_input_is_one_line_and_status_2(ckpt, tmp_path, capsys):
+def test_bad_command_line_input_is_one_line_and_status_2_a_port_taken_status_1(ckpt, tmp_path, capsys):
+    for argv, fragment in ((["serve", str(tmp_path / "missing.pt")], "no checkpoint at"),
+                           (["serve", str(ckpt[0]), "--features", str(tmp_path)], "is not a features folder"),
+                           (["serve", str(ckpt[0]), "--port", "99999"], "expected a port number from 1 to 65535"),
+                           (["serve", str(ckpt[0]), "--max-pixels", "100000000"], "from 1 to 89478485"),
+                           (["serve", str(ckpt[0]), "--timeout", "0"], "a finite number above 0"),
+                           (["serve", str(ckpt[0]), "--host", "192.0.2.1"], "--host 192.0.2.1 --port 8000: cannot")):
+        one_line_error(capsys, argv, fragment)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        for argv, fragment in ((["serve", str(tmp_path / "missing.pt")], "no checkpoint at"),
-                               (["serve", str(ckpt[0]), "--features", str(tmp_path)], "is not a features folder"),
-                               (["serve", str(ckpt[0]), "--port", "99999"], "expected a port number from 1 to 65535"),
-                               (["serve", str(ckpt[0]), "--max-pixels", "100000000"], "from 1 to 89478485"),
-                               (["serve", str(ckpt[0]), "--timeout", "0"], "a finite number above 0"),
-                               (["serve", str(ckpt[0]), "--port", port], f"--port {port}: cannot listen there")):
-            with pytest.raises(SystemExit) as stop:
-                main(argv)
-            assert stop.value.code == 2
-            lines = capsys.readouterr().err.strip().splitlines()
-            assert len(lines) == 1 and fragment in lines[0], lines
+        one_line_error(capsys, ["serve", str(ckpt[0]), "--port", port], f"--port {port}: cannot listen there", 1)
 
 
 def free_port() -> int:

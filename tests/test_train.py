@@ -1,3 +1,5 @@
+import errno
+import io
 import json
 import math
 import os
@@ -9,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import kill_when, photo_folder
+from conftest import kill_when, one_line_error, photo_folder
 from PIL import Image
 
 import alexnet.cli
 import alexnet.config
 import alexnet.few_classes
+import alexnet.files
 import alexnet.train
 from alexnet import checkpoint
 from alexnet.cli import main
@@ -268,6 +271,7 @@ def test_a_run_folder_that_exists_is_never_written_over(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["taken"] and not (tmp_path / "elsewhere").exists()
     assert [p.name for p in taken.iterdir()] == ["config.json"]
     assert (taken / "config.json").read_text() == "a finished run's"
+    one_line_error(capsys, ["train", "--resume", str(taken)], f"{taken / 'config.json'} is not a run's configuration")
 
 
 def test_a_run_stopped_within_its_first_epoch_points_to_the_checkpoint_it_has(store, tmp_path, capsys):
@@ -434,3 +438,28 @@ def test_a_budgeted_run_records_its_plan_and_a_resume_keeps_it(small, tmp_path, 
         train(TrainConfig(resume=str(tmp_path / "old"), progress=False))
     more = TrainConfig(resume=str(run_dir), epochs=planned + 2)
     assert alexnet.config.resume_config(more, state)[1] == planned + 2  # --epochs wins over the plan
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_status_1_and_leaves_no_part(store, tmp_path, capsys,
+                                                                                           monkeypatch):
+    class FullDisk(io.BufferedWriter):  # the disk fills up after the first megabyte of a checkpoint
+        def write(self, data) -> int:
+            if self.tell() + len(data) > 2**20:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)  # noqa: SIM115 (the caller closes it)
+        return FullDisk(f.detach()) if str(path).endswith(".pt.tmp") else f
+
+    monkeypatch.setattr(alexnet.files, "open", full_open, raising=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data", str(store), "--max-steps", "1", "--batch-size", "16", "--width", "0.25",
+              "--no-progress", "--out", str(tmp_path), "--name", "full"])
+    assert stop.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"alexnet train: failed: {tmp_path / 'full' / 'last.pt'}: No space left on device"], lines
+    assert (tmp_path / "full" / "config.json").is_file() and not list((tmp_path / "full").glob("*.pt*"))
+    monkeypatch.undo()  # room on the disk again: the run starts again
+    main(["train", "--resume", str(tmp_path / "full")])
+    assert (tmp_path / "full" / "last.pt").is_file()
