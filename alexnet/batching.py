@@ -3,7 +3,7 @@ maximum wait, the calls made in a thread of their own so that the event loop sta
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -20,7 +20,7 @@ class BusyError(Exception):
 class Batcher(Generic[Item, Result]):
     """Collects items submitted from the event loop into batches of at most `max_batch`, waiting at most
     `max_wait` seconds after the first for more, and runs `run(items) -> results` (same order) on them in one
-    worker thread; at most `max_queue` items wait, a further one raises BusyError."""
+    worker thread; at most `max_queue` items wait (being made or queued), a further one raises BusyError."""
 
     def __init__(self, run: Callable[[list[Item]], list[Result]], max_batch: int, max_wait: float, max_queue: int):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
@@ -29,28 +29,42 @@ class Batcher(Generic[Item, Result]):
         self.run, self.max_batch, self.max_wait, self.max_queue = run, max_batch, max_wait, max_queue
         self._queue: asyncio.Queue | None = None
         self._arrived: asyncio.Event | None = None
+        self._making = 0  # items holding a place in the queue while they are made
 
     @property
     def queued(self) -> int:
-        """Items waiting for a batch (not those being run)."""
-        return self._queue.qsize() if self._queue is not None else 0
+        """Items waiting for a batch, those being made included (not those being run)."""
+        return self._making + (self._queue.qsize() if self._queue is not None else 0)
 
     async def submit(self, item: Item) -> Result:
         """The result of `item`, once its batch has run; BusyError at once if the queue is full."""
+        async def made() -> Item:
+            return item
+
+        return await self.make_and_submit(made)
+
+    async def make_and_submit(self, make: Callable[[], Awaitable[Item]]) -> Result:
+        """The result of the item `make()` returns, once its batch has run. The item holds its place in the
+        queue while it is made (a photo decoded), so that BusyError comes at once, before anything is made,
+        when `max_queue` items are waiting."""
         if self._queue is None:
             raise RuntimeError("the batcher is not running: submit inside `async with batcher.running()`")
-        future = asyncio.get_running_loop().create_future()
+        if self.queued >= self.max_queue:
+            raise BusyError(f"{self.max_queue} requests are waiting already; try again shortly")
+        self._making += 1
         try:
-            self._queue.put_nowait((item, future))
-        except asyncio.QueueFull:
-            raise BusyError(f"{self.max_queue} requests are waiting already; try again shortly") from None
+            item = await make()
+        finally:
+            self._making -= 1
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))  # unbounded: the places are counted above
         self._arrived.set()
         return await future
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator["Batcher"]:
         """Batch and run what is submitted while inside; on leaving, the worker stops."""
-        self._queue, self._arrived = asyncio.Queue(self.max_queue), asyncio.Event()
+        self._queue, self._arrived = asyncio.Queue(), asyncio.Event()
         with ThreadPoolExecutor(1, thread_name_prefix="batcher") as worker:
             task = asyncio.create_task(self._serve(worker))
             try:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .data.folders import preprocess
+from .data.folders import MAX_PIXELS, preprocess
 from .data.split import Split
 from .data.stats import Recipe
 from .errors import InputError
@@ -51,9 +51,10 @@ class Network:
         """Human-readable class names, in the order of the outputs."""
         return self.record.names
 
-    def preprocess(self, image: str | Path | BinaryIO) -> np.ndarray:
-        """An image file (or its bytes) preprocessed as the network's inputs were (§2): uint8 (side, side, 3)."""
-        return preprocess(image, self.record.side)
+    def preprocess(self, image: str | Path | BinaryIO, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """An image file (or its bytes) preprocessed as the network's inputs were (§2): uint8 (side, side, 3);
+        BadImageError beyond `max_pixels`, read from its header."""
+        return preprocess(image, self.record.side, max_pixels)
 
     def check_side(self, split: Split, data: str | Path) -> None:
         """Raise InputError where a split's images are not of the side the network was trained on (its mean

@@ -9,16 +9,22 @@
     GET  /health, /info    liveness and the queue; the network, its classes and its measured error
     GET  /docs             the OpenAPI page (/openapi.json)
 
-Requests that arrive together are decoded in threads and run as one batch (batching.Batcher) in a thread of
-its own. Every bad request is answered with a 4xx status and {"error": "one line"}, and the server goes on.
+Requests that arrive together run as one batch (batching.Batcher) in a thread of its own. A photo takes its place
+in the batcher's queue before it is decoded, so a full queue is answered 503 at once; at most one photo per core
+is decoded at a time (fewer where --max-pixels images would not fit in DECODE_MEMORY), by threads of their own,
+and one declaring more than --max-pixels pixels is refused from its header. Every bad request is answered with a
+4xx status and {"error": "one line"}, and the server goes on; what a connection may hold is in connections.py.
 """
 
+import asyncio
 import contextlib
 import errno
 import io
 import logging
 import math
+import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +32,7 @@ from typing import Annotated
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -33,11 +40,12 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
 
 from . import __version__
 from .batching import Batcher, BusyError
-from .data.folders import BadImageError
+from .connections import LOCAL_HOSTS, BodyLimit, HostCheck, allowed_hosts, deadline
+from .data.folders import MAX_PIXELS, TOO_MANY_PIXELS, BadImageError
 from .draw import center
 from .errors import Failure, InputError
 from .evaluate import probabilities, top5, top5_records
@@ -50,6 +58,8 @@ from .runtime import PRECISIONS
 
 FIELD = "image"  # the multipart field of the photo
 RAW_TYPES = ("image/", "application/octet-stream")  # content types of a raw image body
+DECODE_MEMORY = 2**30  # bytes that the images being decoded at once may take, at --max-pixels each
+BYTES_PER_PIXEL = 8  # the most a pixel takes while decoded and made RGB (RGBA's 4 and RGB's 3, rounded up)
 log = logging.getLogger(__name__)
 
 
@@ -67,8 +77,15 @@ class ServeConfig:
     max_batch: int = option(16, "photos per forward pass at most (1: no batching)", accepts=up_to(1024))
     max_wait: float = option(5.0, "milliseconds a batch waits for more photos after its first", accepts=AMOUNT,
                              metavar="MS")
-    queue: int = option(64, "photos waiting at most; beyond, 503 (busy)", accepts=COUNT)
+    queue: int = option(64, "photos waiting at most, those being decoded included; beyond, 503 (busy)",
+                        accepts=COUNT)
     max_mb: float = option(20.0, "largest request body in MiB; beyond, 413", accepts=RATE)
+    max_pixels: int = option(50_000_000, "largest image in pixels (width × height, read from its header before "
+                                         "decoding); beyond, 400", accepts=up_to(MAX_PIXELS))
+    timeout: float = option(30.0, "seconds a connection has to send a whole request (headers and body); beyond, "
+                                  "it is closed", accepts=RATE)
+    allow_hosts: str | None = option(None, f"Host names to answer besides {', '.join(LOCAL_HOSTS)} and --host, "
+                                  "comma-separated (*: any); others get 400", metavar="NAMES")
 
 
 @dataclass
@@ -86,6 +103,8 @@ class Predictor:
 
     def __init__(self, net: Network, features: Features | None = None):
         self.net, self.features = net, features
+        # answers name a neighbor's file within the folder the images share, not by its path on this machine
+        self.root = os.path.commonpath([os.path.dirname(p) for p in features.files]) if features else ""
 
     def run(self, jobs: list[Job]) -> list[dict]:
         """Top-5 classes of each photo, and its k nearest rows of the features folder (one pass for the batch)."""
@@ -101,7 +120,8 @@ class Predictor:
             distances, rows = nearest(f.features, fc7(self.net, pixels, f.meta["crop"]), max(j.k for j in jobs),
                                       skip=f.bad)
             for answer, job, d, r in zip(answers, jobs, distances, rows, strict=True):
-                answer["neighbors"] = [{**n, "image": f"/neighbors/{n['row']}"}
+                answer["neighbors"] = [{**n, "file": os.path.relpath(n["file"], self.root),
+                                        "image": f"/neighbors/{n['row']}"}
                                        for n in neighbor_records(f, d[:job.k], r[:job.k])]
         return answers
 
@@ -118,11 +138,11 @@ class Predictor:
     def info(self) -> dict:
         """The network, its classes and its measured validation error, and the features folder."""
         info, f = self.net.info, self.features
-        return {"checkpoint": info["path"], "arch": self.net.record.arch, "crop": self.net.crop,
+        return {"checkpoint": Path(info["path"]).name, "arch": self.net.record.arch, "crop": self.net.crop,
                 "device": str(self.net.device), "precision": self.net.precision, "epoch": info.get("epoch"),
                 "validation": validation(info), "classes": [{"wnid": wnid, "name": name} for wnid, name in
                                                             zip(self.net.classes, self.net.names, strict=True)],
-                "features": None if f is None else {"path": str(f.path), "split": f.meta["split"], "images": len(f)}}
+                "features": None if f is None else {"folder": f.path.name, "split": f.meta["split"], "images": len(f)}}
 
 
 def validation(info: dict) -> dict | None:
@@ -137,62 +157,51 @@ def validation(info: dict) -> dict | None:
     return {"top1_error": best} if math.isfinite(best) else None
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413, from its Content-Length before it is
-    read, or as soon as the bytes read pass the limit."""
-
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            return await JSONResponse({"error": self.message()}, 413)(scope, receive, send)
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, self.message())
-            return message
-
-        return await self.app(scope, limited, send)
-
-    def message(self) -> str:
-        """The one line of a 413."""
-        return f"the request is over the limit of {self.limit / 2**20:g} MiB"
-
-
 BODY = {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": [FIELD],
                                        "properties": {FIELD: {"type": "string", "format": "binary"}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}
-ERRORS = {400: "not a usable image (empty, not an image, truncated, corrupt, too many pixels) or a bad form",
+ERRORS = {400: "not a usable image (empty, not an image, truncated, corrupt, too many pixels), a bad form or a "
+               "Host that is not this server's",
           413: "the request body is over the size limit", 415: "a content type other than multipart or image/*",
           422: "a missing field or a bad query option", 503: "the queue is full: try again shortly"}
 
 
+def decoders(max_pixels: int) -> int:
+    """Photos decoded at once: one per core this process may use, and no more than DECODE_MEMORY holds."""
+    return max(1, min(len(os.sched_getaffinity(0)), DECODE_MEMORY // (BYTES_PER_PIXEL * max_pixels)))
+
+
 def make_app(predictor: Predictor, max_batch: int = ServeConfig.max_batch, max_wait: float = ServeConfig.max_wait,
-             queue: int = ServeConfig.queue, max_mb: float = ServeConfig.max_mb) -> FastAPI:
+             queue: int = ServeConfig.queue, max_mb: float = ServeConfig.max_mb,
+             max_pixels: int = ServeConfig.max_pixels, hosts: frozenset[str] = allowed_hosts(ServeConfig.host)
+             ) -> FastAPI:
     """The web application of a predictor: requests batched by up to `max_batch` (waiting up to `max_wait`
-    milliseconds for more), at most `queue` waiting (then 503), bodies up to `max_mb` MiB (then 413)."""
+    milliseconds for more), at most `queue` waiting (then 503), bodies up to `max_mb` MiB (then 413), images up to
+    `max_pixels` (then 400), asked for by one of the Host names `hosts` (then 400)."""
     batcher = Batcher(predictor.run, max_batch, max_wait / 1000, queue)
     max_bytes = round(max_mb * 2**20)
     page = (resources.files("alexnet") / "assets" / "serve.html").read_text()
+    workers = decoders(max_pixels)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with batcher.running():
-            yield
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as app.state.decoding:
+            async with batcher.running():
+                yield
 
     app = FastAPI(title="alexnet serve", version=__version__, lifespan=lifespan,
                   description="AlexNet's top-5 classes of a photo and its nearest training images in fc7 space "
                               "(Krizhevsky et al. 2012, §6.1, Figure 4).")
     app.add_middleware(BodyLimit, limit=max_bytes)
+    app.add_middleware(HostCheck, hosts=hosts)  # the outer one: a stranger's Host is refused first
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, err: ClientDisconnect) -> Response:
+        client = request.client
+        log.warning("%s %s: the client%s left before its request was read", request.method, request.url.path,
+                    f" at {client.host}:{client.port}" if client else "")
+        return Response(status_code=400)  # no one is there to read it
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
@@ -219,7 +228,8 @@ def make_app(predictor: Predictor, max_batch: int = ServeConfig.max_batch, max_w
     @app.get("/info", summary="The network, its classes and measured validation error, the server's settings")
     async def info() -> dict:
         return {**predictor.info(), "batching": {"max_batch": batcher.max_batch, "max_wait_s": batcher.max_wait,
-                                                 "max_queue": batcher.max_queue}, "max_bytes": max_bytes}
+                                                 "max_queue": batcher.max_queue}, "max_bytes": max_bytes,
+                "max_pixels": max_pixels, "decoders": workers}
 
     @app.post("/predict", summary="Top-5 classes of a photo, and its nearest training images",
               openapi_extra={"requestBody": BODY}, responses={code: {"description": d} for code, d in ERRORS.items()})
@@ -231,12 +241,18 @@ def make_app(predictor: Predictor, max_batch: int = ServeConfig.max_batch, max_w
         if crops not in (1, 10):
             raise HTTPException(422, f"crops: 1 (the centre patch) or 10 (the ten patches), not {crops}")
         data, name = await _upload(request)
+
+        async def decode() -> Job:
+            try:
+                pixels = await asyncio.get_running_loop().run_in_executor(
+                    request.app.state.decoding, predictor.net.preprocess, io.BytesIO(data), max_pixels)
+            except BadImageError as err:
+                limit = f" (at most {max_pixels:,})" if err.reason == TOO_MANY_PIXELS else ""
+                raise HTTPException(400, f"{name} is not a usable image: {err.reason}{limit}") from None
+            return Job(pixels, crops, k)
+
         try:
-            pixels = await run_in_threadpool(predictor.net.preprocess, io.BytesIO(data))
-        except BadImageError as err:
-            raise HTTPException(400, f"{name} is not a usable image: {err.reason}") from None
-        try:
-            answer = await batcher.submit(Job(pixels, crops, k))
+            answer = await batcher.make_and_submit(decode)
         except BusyError as err:
             raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
         return {"image": name, **answer}
@@ -280,17 +296,24 @@ def listenable(host: str, port: int) -> None:
         raise (Failure if err.errno == errno.EADDRINUSE else InputError)(said) from None
 
 
+def server(app: FastAPI, host: str, port: int, timeout: float = ServeConfig.timeout, **settings) -> uvicorn.Server:
+    """uvicorn's server of `app` at host:port, closing a connection whose request does not arrive whole within
+    `timeout` seconds; `settings`: more of uvicorn.Config's."""
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, http=deadline(timeout), access_log=False,
+                                         **settings))
+
+
 def serve(config: ServeConfig) -> None:
     """`alexnet serve`: load the checkpoint (and the features folder, whose precision it then computes in; else
     "auto" is the faster at batches of --max-batch) and serve the page and the API at http://host:port/ until
     interrupted."""
-    import uvicorn
-
     host, port = config.host, config.port
     listenable(host, port)
     store, net = (open_features(config.features, config.checkpoint, config.device) if config.features else
                   (None, load_network(config.checkpoint, config.device, config.precision, config.max_batch)))
-    app = make_app(Predictor(net, store), config.max_batch, config.max_wait, config.queue, config.max_mb)
+    hosts = allowed_hosts(host, config.allow_hosts)
+    app = make_app(Predictor(net, store), config.max_batch, config.max_wait, config.queue, config.max_mb,
+                   config.max_pixels, hosts)
     print(f"serving {net.info['path']} ({net.record.arch}, {len(net.classes)} classes, {net.device}, "
-          f"{net.precision}) at http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+          f"{net.precision}) at http://{host}:{port}/ (Host names: {', '.join(sorted(hosts))})", flush=True)
+    server(app, host, port, config.timeout, log_level="info").run()

@@ -1,7 +1,13 @@
+import io
+import random
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -116,3 +122,59 @@ def one_line_error(capsys, argv: list[str], fragment: str, status: int = 2) -> N
     assert stop.value.code == status
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk: its length, kind, data and CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A whole 1-bit PNG of width×height pixels, all alike: a decompression bomb (9000×9900 is about 10 KB)."""
+    rows = zlib.compress((b"\0" + b"\xaa" * ((width + 7) // 8)) * height, 9)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b""))
+
+
+def mutants(count: int, seed: int = 0) -> list[bytes]:
+    """`count` damaged images, seeded: a built-in JPEG photo and a PNG of it cut short, with bytes flipped, with
+    huge or zero sizes patched into their headers (the PNG's CRC made right, so that the size is believed), and
+    random bytes."""
+    rng = random.Random(seed)
+    jpeg = sorted((DEFAULT_DATA / "val").glob("*/*.JPEG"))[0].read_bytes()
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).resize((96, 72)).save(out, "PNG")
+    png = out.getvalue()
+    sof = next(i for i in range(len(jpeg) - 1) if jpeg[i] == 0xFF and jpeg[i + 1] in (0xC0, 0xC1, 0xC2))
+    sizes = (0, 1, 65535, 2**31 - 1, 2**32 - 1, 30000)
+
+    def sized(data: bytes) -> bytes:
+        w, h = rng.choice(sizes), rng.choice(sizes)
+        if data is png:
+            ihdr = struct.pack(">II", min(w, 2**32 - 1), h) + png[24:29]
+            return png[:8] + png_chunk(b"IHDR", ihdr) + png[33:]
+        return jpeg[:sof + 5] + struct.pack(">HH", min(h, 65535), min(w, 65535)) + jpeg[sof + 9:]
+
+    def flipped(data: bytes) -> bytes:
+        data = bytearray(data)
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        return bytes(data)
+
+    kinds = [lambda d: d[:rng.randrange(len(d))], flipped, sized, lambda d: flipped(d[:rng.randrange(1, len(d))])]
+    found = [rng.choice(kinds)(rng.choice((jpeg, png))) for _ in range(count - count // 10)]
+    return found + [rng.randbytes(rng.randrange(1, 4096)) for _ in range(count // 10)]
+
+
+def peak_growth(run: Callable[[], object]) -> float:
+    """MiB by which this process's peak resident memory passed its resident memory before `run()` (Linux: the
+    test is skipped elsewhere)."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure peak memory")
+    def status(field: str) -> float:
+        return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+    Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from now
+    before = status("VmRSS")
+    run()
+    return status("VmHWM") - before

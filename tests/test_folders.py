@@ -1,14 +1,18 @@
+import io
 import logging
 import os
 import pickle
 import struct
 import threading
+import time
 import warnings
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import bomb_png, mutants, peak_growth
 from PIL import Image
 
 from alexnet.data.folders import (
@@ -440,3 +444,60 @@ def test_each_image_is_listed_once_whatever_the_links_and_a_pipe_is_passed_over(
     assert list(images.labels) == [0, 0, 1, 1]
     assert sum("pipe.jpg: not a regular file" in r.getMessage() for r in caplog.records) == 1
     assert sum("gone.jpg: not a regular file" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_only_photo_formats_are_decoded_and_eps_never_reaches_its_plugin(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self))
+    Image.fromarray(gradient(64, 48)).save(tmp_path / "photo.eps", "EPS")  # PostScript: runs Ghostscript
+    (tmp_path / "photo.jpg").write_bytes((tmp_path / "photo.eps").read_bytes())
+    for name in ("photo.eps", "photo.jpg"):
+        with pytest.raises(BadImageError) as err:
+            preprocess(tmp_path / name)
+        assert err.value.reason == "not an image"
+    assert opened == []
+    for fmt in ("PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM"):  # the formats photos come in are read
+        Image.fromarray(gradient(64, 48)).save(tmp_path / f"photo.{fmt}", fmt)
+        assert preprocess(tmp_path / f"photo.{fmt}").shape == (256, 256, 3)
+
+
+def test_a_phones_mpo_photo_is_decoded_at_reduced_scale_as_a_jpeg_is(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    drafted, draft = [], JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, *args: drafted.append(self.format) or draft(self, *args))
+    big = Image.fromarray(gradient(1600, 1200))
+    big.save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[big.resize((160, 120))])
+    assert Image.open(tmp_path / "phone.jpg").format == "MPO"
+    assert preprocess(tmp_path / "phone.jpg").shape == (256, 256, 3) and drafted == ["MPO"]
+
+
+def test_fuzz_every_damaged_image_decodes_or_is_refused_in_bounded_time_and_memory():
+    outcomes, start = Counter(), time.monotonic()
+
+    def decode_all() -> None:
+        for data in mutants(400, seed=0):
+            try:
+                pixels = preprocess(io.BytesIO(data))
+                assert pixels.shape == (256, 256, 3) and pixels.dtype == np.uint8
+                outcomes["decoded"] += 1
+            except BadImageError as err:  # a skipped-file line; anything else is a bug
+                outcomes[err.reason] += 1
+
+    assert peak_growth(decode_all) < 400  # MiB: no declared size is believed beyond the pixel limit
+    assert time.monotonic() - start < 60 and sum(outcomes.values()) == 400
+    assert {"decoded", "truncated", "not an image", "too many pixels"} <= set(outcomes), outcomes
+
+
+def test_a_gray_image_gives_its_rgb_copys_pixels_from_a_third_of_the_memory(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = Image.fromarray(rng.integers(0, 256, (300, 400), dtype=np.uint8))
+    for name, image in (("gray.png", gray), ("gray.jpg", gray), ("bits.png", gray.convert("1"))):
+        image.save(tmp_path / name)
+        Image.open(tmp_path / name).convert("RGB").save(tmp_path / f"{name}.rgb.png")
+        assert np.array_equal(preprocess(tmp_path / name), preprocess(tmp_path / f"{name}.rgb.png")), name
+    bomb = bomb_png(6000, 5000)  # 1 bit a pixel: 30 million pixels, one byte each once decoded
+    assert peak_growth(lambda: preprocess(io.BytesIO(bomb))) < 3 * 30e6 / 2**20  # not RGB's 4 more

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -13,7 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,24 +24,26 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from conftest import one_line_error, photo_folder
+from conftest import bomb_png, mutants, one_line_error, peak_growth, photo_folder
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from alexnet import checkpoint, inference
+from alexnet import checkpoint, inference, serve
 from alexnet.batching import Batcher, BusyError
 from alexnet.cli import main
 from alexnet.config import TrainConfig
+from alexnet.connections import allowed_hosts, host_name
 from alexnet.data.folders import DEFAULT_DATA, MAX_PIXELS, preprocess
 from alexnet.data.store import prepare
 from alexnet.draw import center
 from alexnet.evaluate import predict
 from alexnet.features import extract_features
 from alexnet.neighbors import find_neighbors, open_features
-from alexnet.serve import Job, Predictor, make_app, validation
+from alexnet.serve import DECODE_MEMORY, Job, Predictor, ServeConfig, decoders, make_app, validation
 from alexnet.train import Trainer, open_data
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+LOCAL = "http://127.0.0.1:8000"  # a Host the server answers to
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,7 @@ def predictor(ckpt):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    with TestClient(make_app(predictor, max_mb=1)) as client:
+    with TestClient(make_app(predictor, max_mb=1), base_url=LOCAL) as client:
         yield client
 
 
@@ -101,7 +106,8 @@ def test_neighbors_are_those_of_alexnet_neighbors_with_their_thumbnails(client, 
     assert [n["row"] for n in got] == [n["row"] for n in want] and len(got) == 3
     assert np.allclose([n["distance"] for n in got], [n["distance"] for n in want], rtol=1e-4)
     assert [{k: v for k, v in n.items() if k not in ("distance", "image")} for n in got] == \
-        [{k: v for k, v in n.items() if k != "distance"} for n in want]
+        [{**{k: v for k, v in n.items() if k != "distance"}, "file": os.path.relpath(n["file"], photos / "train")}
+         for n in want]  # within the folder of the features' images, not by its path on the server
     thumb = client.get(got[0]["image"])
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     pixels = np.asarray(Image.open(io.BytesIO(thumb.content)), np.float64)
@@ -270,7 +276,7 @@ def test_a_full_queue_answers_503_and_the_server_goes_on(predictor, monkeypatch)
 
     monkeypatch.setattr(predictor, "run", slow)
     data = PHOTO.read_bytes()
-    with TestClient(make_app(predictor, max_batch=1, queue=1)) as client, ThreadPoolExecutor(2) as pool:
+    with TestClient(make_app(predictor, max_batch=1, queue=1), base_url=LOCAL) as client, ThreadPoolExecutor(2) as pool:
         first = pool.submit(post, client, data, crops=1)
         assert entered.wait(30)
         second = pool.submit(post, client, data, crops=1)
@@ -294,11 +300,11 @@ def test_auto_precision_is_the_faster_at_the_servers_max_batch(ckpt, tmp_path, m
         return {"fp32": 1.0 * batch, "bf16": 4.0 + 0.5 * batch}[precision]
 
     monkeypatch.setattr(inference, "_seconds", seconds)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: None)
     for max_batch, chosen in ((1, "fp32"), (16, "bf16")):
         port = free_port()
         main(["serve", str(ckpt[0]), "--max-batch", str(max_batch), "--port", str(port)])
-        assert capsys.readouterr().out.rstrip().endswith(f"cpu, {chosen}) at http://127.0.0.1:{port}/")
+        assert f"cpu, {chosen}) at http://127.0.0.1:{port}/ (Host names: " in capsys.readouterr().out
     assert set(timed) == {1, 16}
 
 
@@ -306,6 +312,8 @@ def test_bad_command_line_input_is_one_line_and_status_2_a_port_taken_status_1(c
     for argv, fragment in ((["serve", str(tmp_path / "missing.pt")], "no checkpoint at"),
                            (["serve", str(ckpt[0]), "--features", str(tmp_path)], "is not a features folder"),
                            (["serve", str(ckpt[0]), "--port", "99999"], "expected a port number from 1 to 65535"),
+                           (["serve", str(ckpt[0]), "--max-pixels", "100000000"], "from 1 to 89478485"),
+                           (["serve", str(ckpt[0]), "--timeout", "0"], "a finite number above 0"),
                            (["serve", str(ckpt[0]), "--host", "192.0.2.1"], "--host 192.0.2.1 --port 8000: cannot")):
         one_line_error(capsys, argv, fragment)
     with socket.socket() as taken:
@@ -392,3 +400,218 @@ def test_the_page_in_headless_chromium_shows_the_apis_top1_and_the_neighbors(ser
                                           os.environ else [])):  # ALEXNET_SCREENSHOT=docs/serve.png: the README's
         out.write_bytes(png)
     assert Image.open(tmp_path / "serve.png").size[0] >= 800
+
+
+# --- what a stranger can send: without a network (a photo's answer is its mean), the server around it -----------
+
+class Plain:
+    """A predictor without a network: what the server does around one, quickly."""
+
+    features = None
+
+    def __init__(self):
+        self.net = types.SimpleNamespace(preprocess=self.preprocess)
+        self.decoding = 0  # photos being decoded now
+        self.most = 0  # at once, at most
+        self.decoded = 0
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+
+    def preprocess(self, image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        with self.lock:
+            self.decoding += 1
+            self.most = max(self.most, self.decoding)
+            self.threads.add(threading.current_thread().name)
+        try:
+            return preprocess(image, 256, max_pixels)
+        finally:
+            with self.lock:
+                self.decoding -= 1
+                self.decoded += 1
+
+    def run(self, jobs: list[Job]) -> list[dict]:
+        return [{"crops": job.crops, "top5": [], "mean": float(job.pixels.mean())} for job in jobs]
+
+    def info(self) -> dict:
+        return {}
+
+
+def test_an_image_over_max_pixels_is_a_400_from_its_header_before_it_is_decoded():
+    plain = Plain()
+    with TestClient(make_app(plain), base_url=LOCAL) as client:
+        r = post(client, bomb_png(9000, 9900), "image/png")  # 10 KB, under PIL's own limit: 450 MB decoded
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "the request body is not a usable image: too many pixels (at most 50,000,000)"
+        assert post(client, PHOTO.read_bytes()).status_code == 200
+    assert ServeConfig.max_pixels == 50_000_000 and plain.most == 1
+    with TestClient(make_app(Plain(), max_pixels=20_000), base_url=LOCAL) as client:
+        assert "too many pixels" in post(client, PHOTO.read_bytes()).json()["error"]  # 500×375 = 187,500
+
+
+def test_at_most_one_photo_per_core_is_decoded_at_once_by_threads_of_their_own(monkeypatch):
+    plain, cores = Plain(), len(os.sched_getaffinity(0))
+    decode = plain.preprocess
+    monkeypatch.setattr(plain.net, "preprocess", lambda *args: time.sleep(0.2) or decode(*args))
+    with TestClient(make_app(plain), base_url=LOCAL) as client, ThreadPoolExecutor(cores + 4) as pool:
+        answers = list(pool.map(lambda _: post(client, PHOTO.read_bytes()).status_code, range(cores + 4)))
+    assert answers == [200] * (cores + 4)
+    assert plain.most == decoders(ServeConfig.max_pixels) == min(cores, 2)  # 1 GiB holds 2 at 50 megapixels
+    assert {name.split("_")[0] for name in plain.threads} == {"decode"}
+    assert decoders(10_000_000) == min(cores, DECODE_MEMORY // 80_000_000) and decoders(MAX_PIXELS) == 1
+
+
+def test_a_full_queue_answers_503_with_retry_after_before_decoding(monkeypatch):
+    plain, gate, entered = Plain(), threading.Event(), threading.Event()
+    run = plain.run
+
+    def slow(jobs):
+        entered.set()
+        gate.wait(30)
+        return run(jobs)
+
+    monkeypatch.setattr(plain, "run", slow)
+    data = PHOTO.read_bytes()
+    with TestClient(make_app(plain, max_batch=1, queue=1), base_url=LOCAL) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, client, data)
+        assert entered.wait(30)
+        second = pool.submit(post, client, data)
+        deadline = time.monotonic() + 30
+        while client.get("/health").json()["queued"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = post(client, data)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert plain.decoded == 2  # the third photo was never decoded
+        gate.set()
+        assert first.result().status_code == second.result().status_code == 200
+
+
+def test_a_host_that_is_not_this_servers_name_is_a_400_in_one_line():
+    app = make_app(Plain())
+    for base in (LOCAL, "http://localhost:8000", "http://[::1]:8000", "http://127.0.0.1"):
+        with TestClient(app, base_url=base) as client:
+            assert client.get("/health").status_code == 200, base
+    with TestClient(app, base_url="http://attacker.example:8000") as client:  # DNS rebinding: a page's own name
+        r = client.get("/info")
+        assert r.status_code == 400 and r.json()["error"].startswith("Host 'attacker.example' is not a name")
+    assert allowed_hosts("0.0.0.0") == allowed_hosts("::") == {"127.0.0.1", "localhost", "[::1]"}
+    assert allowed_hosts("192.168.1.5", "Box.lan, ") == {"127.0.0.1", "localhost", "[::1]", "192.168.1.5", "box.lan"}
+    assert "[fe80::1]" in allowed_hosts("fe80::1")
+    assert [host_name(h) for h in ("Example.org:80", "[::1]:8000", "[::1]", "")] == \
+        ["example.org", "[::1]", "[::1]", ""]
+    with TestClient(make_app(Plain(), hosts=allowed_hosts("0.0.0.0", "*")), base_url="http://any.where") as client:
+        assert client.get("/health").status_code == 200
+
+
+def test_no_answer_holds_an_absolute_path(client, photos):
+    answers = [client.get("/info").json(), post(client, query(photos).read_bytes(), crops=1).json()]
+    assert answers[0]["checkpoint"] == "net.pt" and answers[0]["features"]["folder"] == "features"
+
+    def strings(value) -> list[str]:
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        return [s for v in value for s in strings(v)] if isinstance(value, list) else [value]
+
+    assert [s for s in strings(answers) if isinstance(s, str) and (s.startswith(os.sep) or str(photos) in s)] == \
+        ["/neighbors/" + str(n["row"]) for n in answers[1]["neighbors"]]  # the API's own paths only
+
+
+@contextlib.contextmanager
+def running(app, timeout: float = ServeConfig.timeout):
+    """`app` served by uvicorn in a thread of this process, on a free port of 127.0.0.1 (its logs go to the root
+    logger, which caplog reads); yields its URL."""
+    port = free_port()
+    srv = serve.server(app, "127.0.0.1", port, timeout, log_config=None, log_level="info")
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+
+
+def closed_within(url: str, sent: bytes, seconds: float) -> bool:
+    """Whether the server closes a connection that sent `sent` and then nothing, within `seconds`."""
+    with socket.create_connection(url.removeprefix("http://").split(":")) as s:  # type: ignore[arg-type]
+        s.sendall(sent)
+        s.settimeout(seconds)
+        try:
+            while s.recv(4096):
+                pass
+            return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+
+def test_a_connection_that_sends_half_a_request_is_closed_after_the_timeout():
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n"
+    with running(make_app(Plain()), timeout=1) as url:
+        start = time.monotonic()
+        for sent in (b"", b"GET /health HTTP/1.1\r\nHost: 127.", head, head + b"\r\n" + bytes(100)):
+            assert closed_within(url, sent, 5), sent  # nothing, half the headers, no body, half the body
+        assert time.monotonic() - start < 12
+        ok = httpx.post(url + "/predict", content=PHOTO.read_bytes(), headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200  # a whole request in time is answered
+        with httpx.Client() as keep:  # each request on a connection kept alive has a deadline of its own
+            for _ in range(3):
+                assert keep.get(url + "/health").status_code == 200
+                time.sleep(0.6)
+
+
+def test_a_client_that_leaves_mid_upload_is_one_log_line(caplog):
+    head = "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {}\r\nContent-Length: 90000\r\n\r\n"
+    form = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    with running(make_app(Plain())) as url:
+        for sent in (head.format("image/jpeg").encode(), head.format("multipart/form-data; boundary=b").encode()
+                     + form, head.format("image/jpeg").encode()):  # raw bodies and a form, each cut short
+            with socket.create_connection(url.removeprefix("http://").split(":")) as s:
+                s.sendall(sent + PHOTO.read_bytes()[:2000])
+                time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while sum("left before" in r.getMessage() for r in caplog.records) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 3 and all("left before its request was read" in r.getMessage() and r.exc_info is None
+                                   for r in lines), [r.getMessage() for r in lines]
+
+
+def test_fuzz_every_damaged_upload_is_answered_200_or_400_in_one_line():
+    statuses = Counter()
+    with TestClient(make_app(Plain()), base_url=LOCAL) as client:  # an exception in the app fails the test
+
+        def send_all() -> None:
+            for data in mutants(300, seed=1):
+                r = post(client, data, "image/png")
+                assert r.status_code in (200, 400) and "\n" not in r.json().get("error", ""), r.text
+                statuses[r.status_code] += 1
+
+        assert peak_growth(send_all) < 400  # MiB
+    assert statuses[200] and statuses[400] and sum(statuses.values()) == 300
+
+
+def test_bombs_and_photos_together_memory_stays_bounded_and_every_photo_is_answered():
+    bomb, photo = bomb_png(5000, 4000), PHOTO.read_bytes()  # 1 bit a pixel: 2 bytes once decoded (folders.py)
+    answered, end = Counter(), time.monotonic() + 4
+
+    async def client(data: bytes, url: str) -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            while time.monotonic() < end:
+                r = await http.post(url + "/predict", content=data, headers={"content-type": "image/png"})
+                if data is photo:
+                    assert r.status_code == 200 or (r.status_code == 503 and r.headers["retry-after"]), r.text
+                answered[data is photo, r.status_code] += 1
+
+    app = make_app(Plain(), max_pixels=20_000_000, queue=16)
+    with running(app) as url:
+        async def together() -> None:
+            await asyncio.gather(*(client(bomb, url) for _ in range(12)), *(client(photo, url) for _ in range(2)))
+
+        growth = peak_growth(lambda: asyncio.run(together()))
+    assert answered[True, 200] and answered[False, 200], answered  # photos and bombs both served
+    assert growth < decoders(20_000_000) * 20_000_000 * 2 / 2**20 + 100, (growth, answered)  # MiB

@@ -34,8 +34,12 @@ from .split import Batch, Split
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
+# the formats PIL may decode, whatever a file is named: photos' formats only (JPEG's includes MPO, a phone's JPEG
+# with a second picture), never a plugin that runs another program (EPS runs Ghostscript) or a rarely used parser
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), about 90 million
 RESAMPLE = Image.BILINEAR  # PIL's bilinear filter, widened when shrinking (antialiased), as torchvision's Resize
+TOO_MANY_PIXELS = "too many pixels"  # the reason a decompression bomb is refused with, read from its header
 SIDE = 256  # §2 (docs/paper.md#preprocessing): the side of the square images after the preprocessing
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "assets" / "imagenette"
 
@@ -320,8 +324,8 @@ class BadFiles:
 
 
 def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file to RGB (from CMYK, grayscale, palette, any format PIL reads), or raise BadImageError."""
-    return _decode(Path(path), max_pixels)[0]
+    """Decode an image file to RGB (from CMYK, grayscale, palette; of the FORMATS), or raise BadImageError."""
+    return _decode(Path(path), max_pixels)[0].convert("RGB")
 
 
 def preprocess(path: str | Path | BinaryIO, size: int = SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -333,12 +337,12 @@ def preprocess(path: str | Path | BinaryIO, size: int = SIDE, max_pixels: int = 
     left, top = (rw - size) // 2, (rh - size) // 2
     # Resampling only the crop's box computes exactly the crop's pixels of the whole resized image.
     box = (left * w / rw, top * h / rh, (left + size) * w / rw, (top + size) * h / rh)
-    return np.array(im.resize((size, size), RESAMPLE, box=box))
+    return np.array(im.resize((size, size), RESAMPLE, box=box).convert("RGB"))
 
 
 def _decode(source: Path | BinaryIO, max_pixels: int,
             draft_side: int | None = None) -> tuple[Image.Image, tuple[float, float]]:
-    """An RGB image and the whole picture's size in its pixels, from a file or an open binary file; a JPEG
+    """An 8-bit RGB or gray image and the whole picture's size in its pixels, from a file or an open binary file; a JPEG
     decodes at 1/2, 1/4 or 1/8 scale (draft mode) where its shorter side stays at least `draft_side`, which is
     much faster for large photos."""
     path = source if isinstance(source, Path) else getattr(source, "name", "image")
@@ -351,17 +355,17 @@ def _decode(source: Path | BinaryIO, max_pixels: int,
         try:
             with warnings.catch_warnings():  # PIL warns above its own limit; `max_pixels` decides instead
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(f)
+                im = Image.open(f, formats=FORMATS)
         except Image.DecompressionBombError as err:
-            raise BadImageError(path, "too many pixels") from err
+            raise BadImageError(path, TOO_MANY_PIXELS) from err
         except UnidentifiedImageError as err:
             raise BadImageError(path, "empty file" if f.seek(0, os.SEEK_END) == 0 else "not an image") from err
         except Exception as err:  # a damaged file can raise almost anything inside PIL's plugins
             raise BadImageError(path, _damage(err)) from err
         size: tuple[float, float] = im.size
         if size[0] * size[1] > max_pixels:  # from the header, before decoding: decompression bombs
-            raise BadImageError(path, "too many pixels")
-        if draft_side is not None and im.format == "JPEG":
+            raise BadImageError(path, TOO_MANY_PIXELS)
+        if draft_side is not None and im.format in ("JPEG", "MPO"):
             drafted = im.draft(None, (draft_side, draft_side))
             if drafted is not None:
                 size = drafted[1][2:]  # the whole picture's (width, height) at the reduced scale
@@ -372,16 +376,20 @@ def _decode(source: Path | BinaryIO, max_pixels: int,
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
                 size = size[::-1] if orientation in (5, 6, 7, 8) else size  # turned a quarter: width and height swap
-            return _rgb(im), size
+            return _eight_bit(im), size
         except Exception as err:
             raise BadImageError(path, _damage(err)) from err
 
 
-def _rgb(im: Image.Image) -> Image.Image:
-    """An image of any mode as 8-bit RGB: 16-bit grayscale scaled (PIL's own conversion clips it at 255)."""
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """An image of any mode as 8-bit RGB, or as 8-bit gray ("L") where it has no colour: resized before it is made
+    RGB, as it gives the same pixels from a third of the memory (a 1-bit decompression bomb's included). A 16-bit
+    image is scaled (PIL's own conversion clips it at 255)."""
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit PNG and TIFF: 0..65535
-        im = Image.fromarray((np.asarray(im, np.uint32).clip(0, 65535) // 257).astype(np.uint8), "L")
-    return im if im.mode == "RGB" else im.convert("RGB")
+        levels = np.array(im)
+        levels = levels.clip(0, 65535) if levels.dtype.kind == "i" else levels  # mode I: 32 bits, signed
+        im = Image.fromarray((np.floor_divide(levels, 257, out=levels)).astype(np.uint8), "L")
+    return im if im.mode in ("L", "RGB") else im.convert("L" if im.mode == "1" else "RGB")
 
 
 def _damage(err: Exception) -> str:
