@@ -450,8 +450,17 @@ def test_an_image_over_max_pixels_is_a_400_from_its_header_before_it_is_decoded(
 
 def test_at_most_one_photo_per_core_is_decoded_at_once_by_threads_of_their_own(monkeypatch):
     plain, cores = Plain(), len(os.sched_getaffinity(0))
-    decode = plain.preprocess
-    monkeypatch.setattr(plain.net, "preprocess", lambda *args: time.sleep(0.2) or decode(*args))
+    decode, together = plain.preprocess, threading.Event()
+
+    def held(*args):  # each photo held until as many as may be decoded at once are, or for 5 s (a slow machine)
+        with plain.lock:
+            if plain.decoding + 1 >= decoders(ServeConfig.max_pixels):
+                together.set()
+        together.wait(5)
+        time.sleep(0.1)  # time for one more, were it let in
+        return decode(*args)
+
+    monkeypatch.setattr(plain.net, "preprocess", held)
     with TestClient(make_app(plain), base_url=LOCAL) as client, ThreadPoolExecutor(cores + 4) as pool:
         answers = list(pool.map(lambda _: post(client, PHOTO.read_bytes()).status_code, range(cores + 4)))
     assert answers == [200] * (cores + 4)
