@@ -149,16 +149,19 @@ def test_a_store_is_not_prepared_twice_and_one_of_another_source_is_kept_unless_
 
 
 def test_a_store_of_an_older_format_is_refused_and_remade(photos, tmp_path, capsys):
-    """Format 1 kept the RGB PCA on the 0-255 scale: read as format 2 it would make colour noise 255× too big."""
+    """Format 1 kept the RGB PCA on the 0-255 scale (read as today's, colour noise 255× too big); format 2 kept the
+    files in files.txt, one a line (a name with a newline shifted every later row)."""
     prepare(photos, tmp_path / "store", workers=1, progress=False)
-    for name in ("store.json", "plan.json"):  # what the previous version wrote: format 1, its own digest
+    for name in ("store.json", "plan.json"):  # what the version before wrote: format 1, its own digest
         meta = json.loads((tmp_path / "store" / name).read_text())
         (tmp_path / "store" / name).write_text(json.dumps({**meta, "version": 1, "digest": "from version 1"}))
-    with pytest.raises(ValueError, match="format 1, this alexnet reads format 2: run `alexnet prepare` again"):
+    (tmp_path / "store" / "val" / "files.json").rename(tmp_path / "store" / "val" / "files.txt")
+    with pytest.raises(ValueError, match="format 1, this alexnet reads format 3: run `alexnet prepare` again"):
         Store(tmp_path / "store")
     store = prepare(photos, tmp_path / "store", workers=1, progress=False)
     assert "replacing the store's own files, made by another alexnet" in capsys.readouterr().out
     assert store.recipe().eigval.max() < 1  # the [0, 1] scale
+    assert not (tmp_path / "store" / "val" / "files.txt").exists() and len(store.split("val")) == 8
 
 
 def test_looking_up_the_builtin_photos_prepares_nothing_and_the_preparing_call_makes_their_store(

@@ -11,6 +11,8 @@ The store, a folder:
     train/images-00000.npy       uint8 (n, 256, 256, 3), NumPy .npy format, up to `shard_size` images
     train/shard-00000.npz        that shard's labels, source files and pixel statistics; written after
                                  the images, so a shard without it is unfinished and is redone
+    train/labels.npy             int64 (N,): every image's class
+    train/files.json             a JSON list of every image's source file (any name the file system allows)
     train/...                    more shards; val/ likewise
     mean.npy                     float64 (256, 256, 3): the mean image of the train split
     rgb.npz                      eigval (3,), eigvec (3, 3) (columns), cov (3, 3), mean (3,): the PCA of
@@ -39,15 +41,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import Failure, InputError
-from ..files import atomic_write, write_json
+from ..errors import Failure, InputError, printable
+from ..files import atomic_write, read_json, write_json
 from ..kernels import cpu_kernels
 from ..options import COUNT, argument, option, up_to
 from .folders import MAX_PIXELS, SIDE, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
 from .split import Batch, Split
 from .stats import PixelStats, Recipe
 
-VERSION = 2  # 2: rgb.npz on the [0, 1] scale (1 had it on the 0-255 scale)
+VERSION = 3  # 3: files.json (2 had files.txt, one name a line); 2: rgb.npz on the [0, 1] scale (1: 0-255)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def _difference(old: dict, new: dict) -> str:
             return f"with other {split} classes ({len(was['classes'])} then, {len(part['classes'])} now)"
         added, removed = set(part["files"]) - set(was["files"]), set(was["files"]) - set(part["files"])
         if added or removed:
-            some = f"{min(added)} is new" if added else f"{min(removed)} is gone"
+            some = f"{printable(min(added))} is new" if added else f"{printable(min(removed))} is gone"
             return f"from other {split} files ({len(added)} new, {len(removed)} gone: {some})"
     return "from the same files with other labels"
 
@@ -129,7 +131,7 @@ def _difference(old: dict, new: dict) -> str:
 def _remove_store(dst: Path, splits: list[str]) -> None:
     """Delete what `prepare` wrote into `dst` for a plan of `splits` (see the module's docstring), nothing else."""
     for split in (dst / name for name in splits if (dst / name).is_dir() and not (dst / name).is_symlink()):
-        for pattern in ("images-*.npy", "shard-*.npz", "labels.npy", "files.txt"):
+        for pattern in ("images-*.npy", "shard-*.npz", "labels.npy", "files.json", "files.txt"):  # .txt: format 2
             for f in split.glob(pattern):
                 f.unlink()
         if not any(split.iterdir()):
@@ -256,7 +258,7 @@ def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> P
                                        shard["pixel_outer"]))
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     atomic_write(folder / "labels.npy", lambda f: np.save(f, labels))
-    atomic_write(folder / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
+    write_json(folder / "files.json", files)  # JSON keeps any name: a newline, bytes that are not UTF-8
     return stats
 
 
@@ -354,7 +356,7 @@ class Store:
         folder, part = self.path / name, self.plan["splits"][name]
         shards = [np.load(p, mmap_mode="r") for p in sorted(folder.glob("images-*.npy"))]
         shards = [s for s in shards if len(s)] or shards[:1]
-        files = (folder / "files.txt").read_text().splitlines()
+        files = read_json(folder / "files.json")
         return StoreSplit(shards, np.load(folder / "labels.npy"), files, part["classes"], part["names"])
 
     def recipe(self) -> Recipe:
