@@ -130,6 +130,7 @@ def _features(args: argparse.Namespace) -> None:
 def _neighbors(args: argparse.Namespace) -> None:
     import json
 
+    from .errors import printable
     from .figures import plot_neighbors
     from .neighbors import find_neighbors
 
@@ -141,9 +142,9 @@ def _neighbors(args: argparse.Namespace) -> None:
         print(json.dumps(records))
         return
     for record in records:
-        print(record["query"] + (f" ({record['class']})" if record["class"] else ""))
+        print(printable(record["query"]) + (f" ({record['class']})" if record["class"] else ""))
         for n in record["neighbors"]:
-            print(f"  {n['rank']}. {n['distance']:10.4f}  {n['class']:<20}  {n['file']}")
+            print(f"  {n['rank']}. {n['distance']:10.4f}  {n['class']:<20}  {printable(n['file'])}")
     if args.out:
         print(f"wrote {args.out}")
 

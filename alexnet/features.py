@@ -10,7 +10,8 @@ A features folder, made by `extract_features` (`alexnet features`):
     features.npy   float32 (N, D), NumPy .npy: row i is fc7 after its ReLU for the centre crop of
                    image i of the split; filled in place through a memory map, batch after batch
     labels.npy     int64 (N,): each row's class, an index into meta.json's "classes"
-    files.txt      N lines: each row's image file, as an absolute path
+    files.json     a JSON list of N names: each row's image file, as an absolute path (any name the file
+                   system allows, as the store's files.json)
     progress.json  {"rows": r, "bad": [...]}: rows 0..r-1 are final (rewritten after every batch);
                    "bad" lists rows whose image could not be decoded (their features stay zero)
     done.json      written last, with the final "rows" and "bad": the folder is complete exactly when
@@ -24,6 +25,7 @@ first batch never finished starts over with the settings of the run that finds i
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ from .inference import Network, load_network
 from .options import COUNT, SIZE, argument, option
 from .runtime import PRECISIONS
 
-FEATURES_FORMAT = "alexnet-features-1"
+FEATURES_FORMAT = "alexnet-features-2"  # 2: files.json (1 had files.txt, one name a line)
 
 
 @dataclass
@@ -53,7 +55,7 @@ class FeaturesConfig:
     checkpoint: str = argument("a checkpoint file or run folder")
     data: str | None = option(None, "a store or an image folder (default: the built-in photos)")
     split: str = option("train", "split to describe")
-    out: str = option(None, "features folder to write (features.npy, labels.npy, files.txt)", required=True)
+    out: str = option(None, "features folder to write (features.npy, labels.npy, files.json)", required=True)
     batch_size: int = option(64, "images per batch (a resumed run keeps its own)", accepts=COUNT)
     device: str = option("auto", "auto, cpu, cuda, ...")
     precision: str = option("auto", "arithmetic precision", choices=PRECISIONS)
@@ -104,7 +106,7 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
             "weights": weights_digest(net.model), "arch": net.record.arch, "side": source.side, "crop": net.crop,
             "precision": net.precision, "data": os.path.abspath(root), "split": split,
             "count": len(files), "dim": net.model.layers()["fc7"].out_features, "batch_size": batch_size,
-            "files": hashlib.sha256("\n".join(files).encode()).hexdigest(),
+            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest(),
             "classes": source.classes, "names": source.names}
     resume = _check_folder(out, meta)
     if resume is None:
@@ -116,7 +118,7 @@ def extract_features(path: str, data: str | None, out: str | Path, split: str = 
         features = np.lib.format.open_memmap(out / "features.npy", mode="w+", dtype=np.float32,
                                              shape=(len(files), meta["dim"]))
         atomic_write(out / "labels.npy", lambda f: np.save(f, np.asarray(source.labels, np.int64)))
-        atomic_write(out / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
+        write_json(out / "files.json", files)
         done = {"rows": 0, "bad": []}
         write_json(out / "progress.json", done)
     else:
@@ -183,11 +185,12 @@ class Features:
             raise InputError(f"{self.path} is unfinished: run `alexnet features` again to complete it")
         self.meta = read_json(self.path / "meta.json")
         if self.meta.get("format") != FEATURES_FORMAT:
-            raise InputError(f"{self.path} has features of an unknown format {self.meta.get('format')!r}")
+            raise InputError(f"{self.path} holds features of format {self.meta.get('format')!r}, this alexnet reads "
+                             f"{FEATURES_FORMAT!r}: run `alexnet features` again into another folder")
         self.bad = read_json(self.path / "done.json")["bad"]
         self.features = np.load(self.path / "features.npy", mmap_mode="r")
         self.labels = np.load(self.path / "labels.npy")
-        self.files = (self.path / "files.txt").read_text().splitlines()
+        self.files: list[str] = read_json(self.path / "files.json")
         self.names: list[str] = self.meta["names"]
         if not (len(self.features) == len(self.labels) == len(self.files) == self.meta["count"]):
             raise InputError(f"{self.path}: features, labels and files disagree in length")

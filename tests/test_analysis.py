@@ -14,7 +14,7 @@ from PIL import Image
 
 import alexnet.features
 from alexnet import checkpoint
-from alexnet.cli import _parser
+from alexnet.cli import _parser, main
 from alexnet.config import TrainConfig
 from alexnet.data.augment import center_crop
 from alexnet.data.folders import preprocess
@@ -297,6 +297,12 @@ def test_bad_inputs_are_one_line_errors(photos, store, ckpts, features, tmp_path
     one_line_error(capsys, ["neighbors", ckpt, str(junk), "--features", str(features)], "junk.JPEG: not an image")
     one_line_error(capsys, ["neighbors", ckpt, query, "--features", str(features), "--k", "0"],
                    "argument --k: expected a whole number of at least 1, got 0")
+    old = Path(shutil.copytree(features, tmp_path / "old"))
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "format": "alexnet-features-1"}))  # files.txt, one name a line
+    one_line_error(capsys, ["neighbors", ckpt, query, "--features", str(old)],
+                   "holds features of format 'alexnet-features-1', this alexnet reads 'alexnet-features-2': run "
+                   "`alexnet features` again into another folder")
 
 
 def test_every_option_shows_its_default_in_help():
@@ -322,3 +328,46 @@ def test_a_caption_shows_a_path_inside_the_current_folder_relative_and_one_outsi
     monkeypatch.chdir(tmp_path / "project")
     assert shown(tmp_path / "project" / "runs" / "r1" / "best.pt") == "runs/r1/best.pt"
     assert shown(tmp_path / "acc" / "imagenette" / "best.pt") == "imagenette/best.pt"
+
+
+def write_named(folder: Path, name: bytes, data: bytes) -> str:
+    """Write `data` to the file `name` (any bytes the file system allows) in `folder`; its path as Python names it."""
+    path = os.path.join(os.fsencode(folder), name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    os.write(fd, data)
+    os.close(fd)
+    return os.fsdecode(path)
+
+
+def test_any_file_name_keeps_its_row_through_prepare_features_and_neighbors(photos, ckpts, tmp_path, capsys,
+                                                                            caplog):
+    root = tmp_path / "photos"
+    for folder in sorted((photos / "train").iterdir())[:2]:
+        (root / "train" / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:2]:
+            shutil.copy(f, root / "train" / folder.name / f.name)
+    first = sorted((photos / "train").iterdir())[0]
+    others = sorted(first.iterdir())[2:4]  # two more photos of the first class, under names hard to keep
+    odd = [write_named(root / "train" / first.name, name, f.read_bytes())
+           for name, f in zip((b"caf\xe9.jpg", b"new\nline.jpg"), others, strict=True)]
+    broken = write_named(root / "train" / first.name, b"bro\nken\xff.jpg", b"not an image")
+    split = prepare(root, tmp_path / "store", workers=2, progress=False).split("train")
+    assert len(split) == 6 and set(odd) <= set(split.files)
+    assert [r.getMessage() for r in caplog.records] == [f"skipped {broken!r}: not an image"]  # on one line
+    for row, file in enumerate(split.files):  # each row holds the image its name says
+        assert np.array_equal(split.read(np.array([row]))[0], preprocess(file))
+    main(["features", str(ckpts["paper"]), "--data", str(tmp_path / "store"), "--out", str(tmp_path / "f"),
+          "--precision", "fp32", "--no-progress"])
+    f = Features(tmp_path / "f")
+    assert f.files == split.files and f.labels.tolist() == split.labels.tolist()
+    queries = [shutil.copy(o, tmp_path / f"query{i}.jpg") for i, o in enumerate(others)]  # the same photos
+    capsys.readouterr()
+    main(["neighbors", str(ckpts["paper"]), *map(str, queries), "--features", str(tmp_path / "f"), "--k", "2",
+          "--json"])
+    records = json.loads(capsys.readouterr().out)
+    assert [r["neighbors"][0]["file"] for r in records] == odd  # the photo itself, by its own name
+    assert [r["neighbors"][0]["row"] for r in records] == [split.files.index(o) for o in odd]
+    main(["neighbors", str(ckpts["paper"]), *map(str, queries), "--features", str(tmp_path / "f"), "--k", "6",
+          "--out", str(tmp_path / "grid.png")])  # printed and drawn
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * (1 + 6) + 1 and repr(odd[0]) in lines[1] and repr(odd[1]) in lines[8]

@@ -1,6 +1,9 @@
+import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -146,16 +149,19 @@ def test_a_store_is_not_prepared_twice_and_one_of_another_source_is_kept_unless_
 
 
 def test_a_store_of_an_older_format_is_refused_and_remade(photos, tmp_path, capsys):
-    """Format 1 kept the RGB PCA on the 0-255 scale: read as format 2 it would make colour noise 255× too big."""
+    """Format 1 kept the RGB PCA on the 0-255 scale (read as today's, colour noise 255× too big); format 2 kept the
+    files in files.txt, one a line (a name with a newline shifted every later row)."""
     prepare(photos, tmp_path / "store", workers=1, progress=False)
-    for name in ("store.json", "plan.json"):  # what the previous version wrote: format 1, its own digest
+    for name in ("store.json", "plan.json"):  # what the version before wrote: format 1, its own digest
         meta = json.loads((tmp_path / "store" / name).read_text())
         (tmp_path / "store" / name).write_text(json.dumps({**meta, "version": 1, "digest": "from version 1"}))
-    with pytest.raises(ValueError, match="format 1, this alexnet reads format 2: run `alexnet prepare` again"):
+    (tmp_path / "store" / "val" / "files.json").rename(tmp_path / "store" / "val" / "files.txt")
+    with pytest.raises(ValueError, match="format 1, this alexnet reads format 3: run `alexnet prepare` again"):
         Store(tmp_path / "store")
     store = prepare(photos, tmp_path / "store", workers=1, progress=False)
     assert "replacing the store's own files, made by another alexnet" in capsys.readouterr().out
     assert store.recipe().eigval.max() < 1  # the [0, 1] scale
+    assert not (tmp_path / "store" / "val" / "files.txt").exists() and len(store.split("val")) == 8
 
 
 def test_looking_up_the_builtin_photos_prepares_nothing_and_the_preparing_call_makes_their_store(
@@ -201,3 +207,99 @@ def test_a_store_killed_mid_write_is_detected_and_finished(tmp_path):
     assert len(a) == len(b) == 180 and a.labels.tolist() == b.labels.tolist()
     assert np.array_equal(a.read(np.arange(180)), b.read(np.arange(180)))
     assert torch.equal(resumed.recipe().mean, fresh.recipe().mean)
+
+
+DIES = """
+import os, signal, sys
+import alexnet.data.store as store
+
+real = store._load_chunk
+
+
+def dies(job):  # the worker given a chunk of the second shard is killed, as the OOM killer or a SIGBUS would
+    if "images-00001" in job[0]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(job)
+
+
+store._load_chunk = dies
+if __name__ == "__main__":
+    from alexnet.cli import main
+    main(sys.argv[1:])
+"""
+
+
+def same_stores(a: Store, b: Store) -> None:
+    """`a` and `b` hold the same images, labels, files and statistics."""
+    for split in a.splits:
+        x, y = a.split(split), b.split(split)
+        assert x.files == y.files and x.labels.tolist() == y.labels.tolist()
+        assert np.array_equal(x.read(np.arange(len(x))), y.read(np.arange(len(y))))
+    assert torch.equal(a.recipe().mean, b.recipe().mean) and torch.equal(a.recipe().eigvec, b.recipe().eigvec)
+
+
+def test_a_worker_that_dies_ends_prepare_in_a_failure_and_a_rerun_goes_on(photos, tmp_path):
+    (tmp_path / "dies.py").write_text(DIES)
+    dst = tmp_path / "store"
+    result = subprocess.run([sys.executable, str(tmp_path / "dies.py"), "prepare", str(photos), str(dst),
+                             "--shard-size", "10", "--workers", "2"], capture_output=True, text=True, timeout=120)
+    said = result.stderr.strip().splitlines()[-1]  # below the progress bar
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert said == (f"alexnet prepare: failed: a worker process died (killed, or out of memory) while writing "
+                    f"{dst / 'train' / 'images-00001.npy'}; the finished shards are kept: run `alexnet prepare` "
+                    "again to go on")
+    kept = dst / "train" / "shard-00000.npz"
+    assert sorted(p.name for p in (dst / "train").iterdir()) == ["images-00000.npy", "shard-00000.npz"]
+    written = kept.stat().st_mtime_ns
+    resumed = prepare(photos, dst, shard_size=10, workers=2, progress=False)
+    assert kept.stat().st_mtime_ns == written  # the finished shard was kept, not made again
+    same_stores(resumed, prepare(photos, tmp_path / "fresh", shard_size=10, workers=2, progress=False))
+
+
+def test_a_full_disk_ends_prepare_in_one_line_and_a_rerun_goes_on(photos, tmp_path, monkeypatch, capsys):
+    real = alexnet.data.store.atomic_write
+
+    def full(path, write):  # the disk fills up while the second shard is written
+        if path.name == "shard-00001.npz":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, write)
+
+    monkeypatch.setattr(alexnet.data.store, "atomic_write", full)
+    dst = tmp_path / "store"
+    with pytest.raises(SystemExit) as stop:
+        main(["prepare", str(photos), str(dst), "--shard-size", "10", "--workers", "2"])
+    said = capsys.readouterr().err.strip().splitlines()[-1]  # below the progress bar
+    assert stop.value.code == 1 and said == (
+        f"alexnet prepare: failed: {dst / 'train' / 'images-00001.npy'}: No space left on device; the finished "
+        "shards are kept: run `alexnet prepare` again to go on once there is room")
+    assert sorted(p.name for p in (dst / "train").iterdir()) == ["images-00000.npy", "shard-00000.npz"]
+    monkeypatch.undo()
+    same_stores(prepare(photos, dst, shard_size=10, workers=2, progress=False),
+                prepare(photos, tmp_path / "fresh", shard_size=10, workers=2, progress=False))
+
+
+SMALL_DISK = """mount -t tmpfs -o size=2900k tmpfs "$0" || exit 99
+timeout 120 "$@" 2>"$0.err"; echo $? >"$0.rc"; ls "$0/store/train" >"$0.kept"
+mount -o remount,size=64m "$0" && "$@" >/dev/null 2>&1 && cp -r "$0/store" "$0.store"
+"""
+
+
+def test_a_real_full_disk_ends_prepare_in_one_line_and_a_rerun_goes_on(photos, tmp_path):
+    """A file system of 2.9 MB (tmpfs, in a mount namespace of this user's own) holds one shard of four images (0.8 MB
+    of pixels, 1.6 MB of sums), not two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    argv = [sys.executable, "-m", "alexnet", "prepare", str(photos), f"{disk}/store", "--shard-size", "4"]
+    mounted = subprocess.run(["unshare", "-rm", "sh", "-c", SMALL_DISK, str(disk), *argv], capture_output=True,
+                             text=True, timeout=300)
+    if mounted.returncode == 99 or not (tmp_path / "disk.rc").is_file():
+        pytest.skip(f"no tmpfs of one's own here: {mounted.stderr.strip()[-200:]}")
+    errors = (tmp_path / "disk.err").read_text()
+    said = errors.strip().splitlines()[-1]
+    assert "Traceback" not in errors, errors
+    rc = int((tmp_path / "disk.rc").read_text())
+    assert rc == 1, (rc, said)  # 124: it hung
+    assert said.startswith("alexnet prepare: failed: ") and "No space left on device" in said, said
+    assert "again to go on once there is room" in said
+    assert "shard-00000.npz" in (tmp_path / "disk.kept").read_text().split()
+    same_stores(Store(tmp_path / "disk.store"), prepare(photos, tmp_path / "fresh", shard_size=4, progress=False))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, printable
 from .split import Batch, Split
 
 SPLITS = ("train", "val")
@@ -199,7 +199,7 @@ def _image_files(folder: Path) -> tuple[list[Path], int]:
             except OSError:
                 found = None
             if found is None or not stat.S_ISREG(found.st_mode):
-                log.warning("skipped %s: not a regular file (a pipe, socket, device or dead link)", path)
+                log.warning("skipped %s: not a regular file (a pipe, socket, device or dead link)", printable(path))
                 others += 1
             elif (found.st_dev, found.st_ino) not in listed:  # the same file through another link: once
                 listed.add((found.st_dev, found.st_ino))
@@ -213,7 +213,7 @@ def _list_class_folders(folder: Path, classes: list[str], present: list[str] | N
     for name in present or classes:
         images, others = _image_files(folder / name)
         if not images:
-            raise InputError(f"empty class folder: {folder / name} has no image files")
+            raise InputError(f"empty class folder: {printable(folder / name)} has no image files")
         paths += images
         labels += [index[name]] * len(images)
         skipped += others
@@ -294,7 +294,7 @@ class BadImageError(InputError):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return f"{printable(self.path)}: {self.reason}"
 
 
 class BadFiles:
@@ -310,7 +310,7 @@ class BadFiles:
             return
         self.paths.add(str(path))
         self.counts[reason] += 1
-        log.warning("skipped %s: %s", path, reason)
+        log.warning("skipped %s: %s", printable(path), reason)
 
     def __len__(self) -> int:
         return sum(self.counts.values())

@@ -11,6 +11,8 @@ The store, a folder:
     train/images-00000.npy       uint8 (n, 256, 256, 3), NumPy .npy format, up to `shard_size` images
     train/shard-00000.npz        that shard's labels, source files and pixel statistics; written after
                                  the images, so a shard without it is unfinished and is redone
+    train/labels.npy             int64 (N,): every image's class
+    train/files.json             a JSON list of every image's source file (any name the file system allows)
     train/...                    more shards; val/ likewise
     mean.npy                     float64 (256, 256, 3): the mean image of the train split
     rgb.npz                      eigval (3,), eigvec (3, 3) (columns), cov (3, 3), mean (3,): the PCA of
@@ -18,33 +20,36 @@ The store, a folder:
     store.json                   written last: the store is complete exactly when this file exists
 
 Run again on the same source, `prepare` finishes what an interrupted run left (finished shards are
-kept). A store of other files or settings is refused, with the first difference named, unless
---overwrite; a store an older alexnet made is made again. Either way only the files above are deleted:
-whatever else DST holds stays. A multi-node run can copy or split the shards.
+kept), also after a worker process died or the disk filled up. A store of other files or settings is
+refused, with the first difference named, unless --overwrite; a store an older alexnet made is made again.
+Either way only the files above are deleted: whatever else DST holds stays. A multi-node run can copy or
+split the shards.
 """
 
+import errno
 import hashlib
 import json
-import multiprocessing
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..files import atomic_write, write_json
+from ..errors import Failure, InputError, printable
+from ..files import atomic_write, read_json, write_json
 from ..kernels import cpu_kernels
 from ..options import COUNT, argument, option, up_to
 from .folders import MAX_PIXELS, SIDE, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
 from .split import Batch, Split
 from .stats import PixelStats, Recipe
 
-VERSION = 2  # 2: rgb.npz on the [0, 1] scale (1 had it on the 0-255 scale)
+VERSION = 3  # 3: files.json (2 had files.txt, one name a line); 2: rgb.npz on the [0, 1] scale (1: 0-255)
 
 
 @dataclass
@@ -118,7 +123,7 @@ def _difference(old: dict, new: dict) -> str:
             return f"with other {split} classes ({len(was['classes'])} then, {len(part['classes'])} now)"
         added, removed = set(part["files"]) - set(was["files"]), set(was["files"]) - set(part["files"])
         if added or removed:
-            some = f"{min(added)} is new" if added else f"{min(removed)} is gone"
+            some = f"{printable(min(added))} is new" if added else f"{printable(min(removed))} is gone"
             return f"from other {split} files ({len(added)} new, {len(removed)} gone: {some})"
     return "from the same files with other labels"
 
@@ -126,7 +131,7 @@ def _difference(old: dict, new: dict) -> str:
 def _remove_store(dst: Path, splits: list[str]) -> None:
     """Delete what `prepare` wrote into `dst` for a plan of `splits` (see the module's docstring), nothing else."""
     for split in (dst / name for name in splits if (dst / name).is_dir() and not (dst / name).is_symlink()):
-        for pattern in ("images-*.npy", "shard-*.npz", "labels.npy", "files.txt"):
+        for pattern in ("images-*.npy", "shard-*.npz", "labels.npy", "files.json", "files.txt"):  # .txt: format 2
             for f in split.glob(pattern):
                 f.unlink()
         if not any(split.iterdir()):
@@ -171,21 +176,21 @@ def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
     workers = workers or len(os.sched_getaffinity(0))
     cpu_kernels()  # built or loaded once here, before the workers start
     stats = {}
-    with multiprocessing.Pool(workers) as pool:
+    with ProcessPoolExecutor(workers) as pool:
         for split, part in plan["splits"].items():
             (dst / split).mkdir(exist_ok=True)
             files, labels = part["files"], part["labels"]
-            bar = tqdm(total=len(files), desc=f"prepare {split}", unit="img", disable=not progress, smoothing=0.1)
             shards, bad_before = [], len(bad)
-            for first in range(0, len(files), shard_size):
-                marker = dst / split / f"shard-{first // shard_size:05d}.npz"
-                if not marker.is_file():
-                    _write_shard(pool, files[first:first + shard_size], labels[first:first + shard_size],
-                                 size, marker, split == "train", bad, bar, bad_before)
-                else:
-                    bar.update(min(shard_size, len(files) - first))
-                shards.append(marker)
-            bar.close()
+            with tqdm(total=len(files), desc=f"prepare {split}", unit="img", disable=not progress,
+                      smoothing=0.1) as bar:  # closed before an error is told, so that the error is the last line
+                for first in range(0, len(files), shard_size):
+                    marker = dst / split / f"shard-{first // shard_size:05d}.npz"
+                    if not marker.is_file():
+                        _write_shard(pool, files[first:first + shard_size], labels[first:first + shard_size],
+                                     size, marker, split == "train", bad, bar, bad_before)
+                    else:
+                        bar.update(min(shard_size, len(files) - first))
+                    shards.append(marker)
             stats[split] = _finish_split(dst / split, shards, size, split == "train")
     if "train" in stats:
         _write_statistics(dst, stats["train"])
@@ -196,33 +201,48 @@ def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
     return Store(dst)
 
 
-def _write_shard(pool, files: list[str], labels: list[int], size: int, marker: Path, train: bool, bad: BadFiles,
-                 bar, bad_before: int, chunk: int = 32) -> None:
+def _write_shard(pool: ProcessPoolExecutor, files: list[str], labels: list[int], size: int, marker: Path,
+                 train: bool, bad: BadFiles, bar, bad_before: int, chunk: int = 32) -> None:
     """Decode one shard's files on all workers straight into the shard, then write its marker; the bar shows
-    the split's bad files (those found after the first `bad_before`)."""
+    the split's bad files (those found after the first `bad_before`). A worker that dies raises Failure."""
     images_path = marker.with_name(marker.name.replace("shard-", "images-").replace(".npz", ".npy"))
     partial = images_path.with_name(images_path.stem + ".partial.npy")
-    np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
-    jobs = [(str(partial), i, files[i:i + chunk], size, train) for i in range(0, len(files), chunk)]
-    stats = PixelStats.empty(size, size)
-    kept = []
-    for (_, first, chunk_files, _, _), (reasons, chunk_stats) in zip(jobs, pool.imap(_load_chunk, jobs), strict=True):
-        for row, (path, reason) in enumerate(zip(chunk_files, reasons, strict=True), first):
-            if reason is None:
-                kept.append(row)
-            else:
-                bad.add(path, reason)
-        stats.merge(chunk_stats)
-        bar.update(len(chunk_files))
-        if len(bad) > bad_before:
-            bar.set_postfix(bad=len(bad) - bad_before)
-    if len(kept) < len(files):  # refused files left empty rows: keep the written ones, in order
-        written = np.load(partial, mmap_mode="r")
-        np.save(partial, written[kept])
-    partial.replace(images_path)
-    atomic_write(marker, lambda f: np.savez(
-        f, labels=np.array(labels, np.int64)[kept], files=np.array(files)[kept],
-        image_sum=stats.image_sum, pixel_sum=stats.pixel_sum, pixel_outer=stats.pixel_outer))
+    try:
+        np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
+        # every block taken now, so that a full disk is an OSError here, not a SIGBUS in a worker writing to the map
+        with open(partial, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        jobs = [(str(partial), i, files[i:i + chunk], size, train) for i in range(0, len(files), chunk)]
+        stats = PixelStats.empty(size, size)
+        kept = []
+        for (_, first, chunk_files, _, _), (reasons, chunk_stats) in zip(jobs, pool.map(_load_chunk, jobs),
+                                                                        strict=True):
+            for row, (path, reason) in enumerate(zip(chunk_files, reasons, strict=True), first):
+                if reason is None:
+                    kept.append(row)
+                else:
+                    bad.add(path, reason)
+            stats.merge(chunk_stats)
+            bar.update(len(chunk_files))
+            if len(bad) > bad_before:
+                bar.set_postfix(bad=len(bad) - bad_before)
+        if len(kept) < len(files):  # refused files left empty rows: keep the written ones, in order
+            written = np.load(partial, mmap_mode="r")
+            np.save(partial, written[kept])
+        partial.replace(images_path)
+        atomic_write(marker, lambda f: np.savez(
+            f, labels=np.array(labels, np.int64)[kept], files=np.array(files)[kept],
+            image_sum=stats.image_sum, pixel_sum=stats.pixel_sum, pixel_outer=stats.pixel_outer))
+    except BaseException as err:
+        for unfinished in (partial, images_path):  # a rerun redoes the shard: they would only take room
+            unfinished.unlink(missing_ok=True)
+        resume = "the finished shards are kept: run `alexnet prepare` again to go on"
+        if isinstance(err, BrokenProcessPool):
+            raise Failure(f"a worker process died (killed, or out of memory) while writing {images_path}; "
+                          f"{resume}") from None
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"{err.strerror}; {resume} once there is room", str(images_path)) from None
+        raise
 
 
 def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> PixelStats:
@@ -238,7 +258,7 @@ def _finish_split(folder: Path, shards: list[Path], size: int, train: bool) -> P
                                        shard["pixel_outer"]))
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     atomic_write(folder / "labels.npy", lambda f: np.save(f, labels))
-    atomic_write(folder / "files.txt", lambda f: f.write("".join(p + "\n" for p in files).encode()))
+    write_json(folder / "files.json", files)  # JSON keeps any name: a newline, bytes that are not UTF-8
     return stats
 
 
@@ -336,7 +356,7 @@ class Store:
         folder, part = self.path / name, self.plan["splits"][name]
         shards = [np.load(p, mmap_mode="r") for p in sorted(folder.glob("images-*.npy"))]
         shards = [s for s in shards if len(s)] or shards[:1]
-        files = (folder / "files.txt").read_text().splitlines()
+        files = read_json(folder / "files.json")
         return StoreSplit(shards, np.load(folder / "labels.npy"), files, part["classes"], part["names"])
 
     def recipe(self) -> Recipe:
