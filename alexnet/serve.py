@@ -120,7 +120,7 @@ class Predictor:
             distances, rows = nearest(f.features, fc7(self.net, pixels, f.meta["crop"]), max(j.k for j in jobs),
                                       skip=f.bad)
             for answer, job, d, r in zip(answers, jobs, distances, rows, strict=True):
-                answer["neighbors"] = [{**n, "file": os.path.relpath(n["file"], self.root),
+                answer["neighbors"] = [{**n, "file": shown_name(os.path.relpath(n["file"], self.root)),
                                         "image": f"/neighbors/{n['row']}"}
                                        for n in neighbor_records(f, d[:job.k], r[:job.k])]
         return answers
@@ -143,6 +143,12 @@ class Predictor:
                 "validation": validation(info), "classes": [{"wnid": wnid, "name": name} for wnid, name in
                                                             zip(self.net.classes, self.net.names, strict=True)],
                 "features": None if f is None else {"folder": f.path.name, "split": f.meta["split"], "images": len(f)}}
+
+
+def shown_name(name: str) -> str:
+    """A file name as JSON's UTF-8 can hold it: a byte that is not UTF-8 (kept by os.fsdecode as a lone surrogate)
+    shown as U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def validation(info: dict) -> dict | None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import kill_when, one_line_error, photo_folder
+from fastapi.testclient import TestClient
 from PIL import Image
 
 import alexnet.features
@@ -23,7 +24,8 @@ from alexnet.draw import LINE, shown
 from alexnet.features import Features, extract_features
 from alexnet.figures import BARS, CAPTION
 from alexnet.inference import load_network
-from alexnet.neighbors import nearest
+from alexnet.neighbors import nearest, open_features
+from alexnet.serve import Predictor, make_app
 from alexnet.train import Trainer, open_data
 
 RED = (230, 85, 13)  # figures.CORRECT, #e6550d
@@ -371,3 +373,9 @@ def test_any_file_name_keeps_its_row_through_prepare_features_and_neighbors(phot
           "--out", str(tmp_path / "grid.png")])  # printed and drawn
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 * (1 + 6) + 1 and repr(odd[0]) in lines[1] and repr(odd[1]) in lines[8]
+    found, net = open_features(str(tmp_path / "f"), str(ckpts["paper"]), "cpu")
+    with TestClient(make_app(Predictor(net, found)), base_url="http://127.0.0.1:8000") as client:
+        answer = client.post("/predict?crops=1&k=1", content=queries[0].read_bytes(),
+                             headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 200, answer.text  # the name shown as UTF-8 can: the byte that is not, replaced
+    assert answer.json()["neighbors"][0]["file"] == f"{first.name}/caf\ufffd.jpg"

@@ -92,7 +92,7 @@ def test_every_variant_round_trips_through_every_format_and_command(arch, fields
     main(["neighbors", str(weights), str(PHOTO), "--features", str(features), "--k", "3", "--json"])
     assert len(json.loads(capsys.readouterr().out.splitlines()[-1])[0]["neighbors"]) == 3
     found, net = open_features(features, str(weights), "cpu")
-    with TestClient(make_app(Predictor(net, found))) as client:
+    with TestClient(make_app(Predictor(net, found)), base_url="http://127.0.0.1:8000") as client:
         assert client.get("/info").json()["arch"] == arch
         answer = client.post("/predict", content=PHOTO.read_bytes(), headers={"content-type": "image/jpeg"},
                              params={"crops": 1, "k": 2}).json()

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,6 +163,36 @@ def test_a_store_of_an_older_format_is_refused_and_remade(photos, tmp_path, caps
     assert "replacing the store's own files, made by another alexnet" in capsys.readouterr().out
     assert store.recipe().eigval.max() < 1  # the [0, 1] scale
     assert not (tmp_path / "store" / "val" / "files.txt").exists() and len(store.split("val")) == 8
+
+
+def as_format_2(store: Path) -> None:
+    """Make a store look as format 2 wrote it: files.txt, one name a line, and that version in its metadata."""
+    for name in ("store.json", "plan.json"):
+        meta = json.loads((store / name).read_text())
+        (store / name).write_text(json.dumps({**meta, "version": 2, "digest": "from version 2"}))
+    for split in ("train", "val"):
+        files = json.loads((store / split / "files.json").read_text())
+        (store / split / "files.txt").write_text("".join(f + "\n" for f in files))
+        (store / split / "files.json").unlink()
+
+
+def test_a_store_of_format_2_has_its_file_list_rewritten_and_keeps_its_images(photos, tmp_path, capsys):
+    made = prepare(photos, tmp_path / "store", workers=1, progress=False)
+    files, shard = made.split("val").files, (tmp_path / "store" / "train" / "images-00000.npy").stat().st_mtime_ns
+    as_format_2(tmp_path / "store")
+    with pytest.raises(ValueError, match="format 2, this alexnet reads format 3: run `alexnet prepare` again"):
+        Store(tmp_path / "store")
+    store = prepare(photos, tmp_path / "store", workers=1, progress=False)
+    assert "its file list rewritten in format 3; the images are as they were" in capsys.readouterr().out
+    assert store.split("val").files == files and json.loads((tmp_path / "store" / "store.json").read_text())[
+        "digest"] == store.plan["digest"]
+    assert (tmp_path / "store" / "train" / "images-00000.npy").stat().st_mtime_ns == shard  # not written again
+    assert not list((tmp_path / "store").rglob("files.txt"))
+    as_format_2(tmp_path / "store")  # a name with a newline made one line more than images: made again
+    with open(tmp_path / "store" / "val" / "files.txt", "a") as f:
+        f.write("half of a name\n")
+    prepare(photos, tmp_path / "store", workers=1, progress=False)
+    assert "replacing the store's own files, made by another alexnet" in capsys.readouterr().out
 
 
 def test_looking_up_the_builtin_photos_prepares_nothing_and_the_preparing_call_makes_their_store(

@@ -128,6 +128,24 @@ def _difference(old: dict, new: dict) -> str:
     return "from the same files with other labels"
 
 
+def _upgraded(dst: Path, old: dict, plan: dict) -> bool:
+    """Whether the complete format-2 store of `old` in `dst`, made from what `plan` makes, has become a store of
+    this format: its files.txt (one name a line) rewritten as files.json, its images kept. False where a name held
+    a newline (the lines do not match the images), and for any other store: made again."""
+    if old.get("version") != 2 or _made({**old, "version": VERSION}) != _made(plan) or not (
+            dst / "store.json").is_file():
+        return False
+    lists = {split: (dst / split / "files.txt").read_text().splitlines() for split in old["splits"]}
+    if any(len(files) != len(np.load(dst / split / "labels.npy", mmap_mode="r")) for split, files in lists.items()):
+        return False
+    for split, files in lists.items():
+        write_json(dst / split / "files.json", files)
+        (dst / split / "files.txt").unlink()
+    write_json(dst / "plan.json", plan)
+    write_json(dst / "store.json", {**read_json(dst / "store.json"), "version": VERSION, "digest": plan["digest"]})
+    return True
+
+
 def _remove_store(dst: Path, splits: list[str]) -> None:
     """Delete what `prepare` wrote into `dst` for a plan of `splits` (see the module's docstring), nothing else."""
     for split in (dst / name for name in splits if (dst / name).is_dir() and not (dst / name).is_symlink()):
@@ -161,6 +179,9 @@ def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
         if same and (dst / "store.json").is_file():
             if progress:
                 print(f"{dst} is already prepared from {src}")
+            return Store(dst)
+        if _upgraded(dst, old, plan):
+            print(f"{dst}: its file list rewritten in format {VERSION}; the images are as they were")
             return Store(dst)
         if not same:  # else an unfinished store of this plan: finished below
             if old.get("version") == VERSION and not overwrite:
@@ -210,8 +231,9 @@ def _write_shard(pool: ProcessPoolExecutor, files: list[str], labels: list[int],
     try:
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3)).flush()
         # every block taken now, so that a full disk is an OSError here, not a SIGBUS in a worker writing to the map
-        with open(partial, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        if hasattr(os, "posix_fallocate"):  # Linux and the BSDs; macOS has no such call
+            with open(partial, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         jobs = [(str(partial), i, files[i:i + chunk], size, train) for i in range(0, len(files), chunk)]
         stats = PixelStats.empty(size, size)
         kept = []
