@@ -95,6 +95,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
+    from .errors import printable
     from .evaluate import predict, top5_records
 
     predictions = predict(args.checkpoint, args.images, args.crops, args.device, args.precision)
@@ -107,7 +108,7 @@ def _predict(args: argparse.Namespace) -> None:
         print(json.dumps([{"image": image, "top5": top5_records(top)} for image, top in results]))
         return
     for image, top in results:
-        print(image)
+        print(printable(image))
         for name, p in top:
             print(f"  {100 * p:5.1f}%  {name}")
 

@@ -88,7 +88,7 @@ def test_eval_command_counts_every_image_and_matches_the_library(store, checkpoi
     assert "an ensemble of 2, ten crops" in cli(capsys, "eval", *map(str, paths), "--data", str(store), "--crops", "10")
 
 
-def test_predict_prints_top5_names_with_probabilities(store, checkpoints, capsys):
+def test_predict_prints_top5_names_with_probabilities(store, checkpoints, tmp_path, capsys):
     paths, _ = checkpoints
     image = Store(store).split("val").files[0]
     (entry,) = json.loads(cli(capsys, "predict", str(paths[0]), image, "--json"))
@@ -98,6 +98,11 @@ def test_predict_prints_top5_names_with_probabilities(store, checkpoints, capsys
     assert {c["class"] for c in entry["top5"]} == set(checkpoint.load(paths[0])["network"].names)
     text = cli(capsys, "predict", str(paths[0]), image, "--crops", "1").splitlines()
     assert text[0] == image and text[1].strip().endswith(entry["top5"][0]["class"])
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9\nnew.jpg"))  # not UTF-8, and a newline
+    shutil.copy(image, odd)
+    shown = subprocess.run([sys.executable, "-m", "alexnet", "predict", str(paths[0]), odd, "--crops", "1"],
+                           capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"}, timeout=300)
+    assert shown.returncode == 0 and shown.stdout.decode().splitlines()[0] == repr(odd), shown.stderr[-2000:]
 
 
 def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path, capsys):
