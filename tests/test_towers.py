@@ -197,6 +197,49 @@ def test_two_pairs_with_64_each_equal_one_process_with_128(store, tmp_path):
     assert val == [24, 24]
 
 
+# A dropout that lays its draws out unlike bernoulli_ (column by column), as CUDA's fused dropout kernel does,
+# and a torchrun script that trains under it
+DEVICE_DROPOUT = """
+import torch
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    if not training or p == 0:
+        return input
+    keep = torch.rand(input.shape[::-1]).T < 1 - p
+    return input * keep / (1 - p)
+"""
+UNDER_DEVICE_DROPOUT = DEVICE_DROPOUT + """
+import sys
+import torch.nn.functional
+from alexnet.cli import main
+
+torch.nn.functional.dropout = dropout
+main(sys.argv[1:])
+"""
+
+
+def test_a_pair_from_the_command_line_trains_one_process_weights_whatever_the_dropout_kernel(store, tmp_path,
+                                                                                              monkeypatch):
+    # dropout on: a pair's mask is one process's only where it is drawn as one process draws it
+    common = ["train", "--data", str(store), "--epochs", "1", "--batch-size", "8", "--max-steps", "2", "--clip", "0",
+              "--precision", "fp32", "--width", "0.25", "--no-progress", "--out", str(tmp_path)]
+    kernel: dict = {}
+    exec(DEVICE_DROPOUT, kernel)
+    monkeypatch.setattr(F, "dropout", kernel["dropout"])
+    main([*common, "--name", "one"])
+    script = tmp_path / "under_device_dropout.py"
+    script.write_text(UNDER_DEVICE_DROPOUT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(free_port()), str(script), *common, "--name", "pair",
+                             "--parallel", "towers"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    one, pair = (torch.load(tmp_path / name / "last.pt", weights_only=True)["model"] for name in ("one", "pair"))
+    assert one["fc8.weight"].abs().max() > 1e-4  # fc8 starts at 0: what it moved by depends on the masks
+    for name, value in one.items():  # float32 sums in another order differ by about 1e-9
+        assert (pair[name] - value).abs().max() < 1e-6, name
+
+
 @pytest.mark.parametrize(("arch", "world", "message"), [
     ("owt", 2, "splits the two-tower network (--arch paper), not 'owt'"),
     ("paper", 3, "needs an even number of processes"),
