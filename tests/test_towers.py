@@ -22,7 +22,7 @@ from alexnet.config import TrainConfig
 from alexnet.errors import InputError
 from alexnet.optim import PaperSGD
 from alexnet.record import NetworkRecord, build_model
-from alexnet.towers import Tower, place
+from alexnet.towers import Pair, Tower, place
 from alexnet.train import train
 
 CLASSES = 7  # odd: tower 0 holds 4 of fc8's outputs, tower 1 three
@@ -238,6 +238,22 @@ def test_a_pair_from_the_command_line_trains_one_process_weights_whatever_the_dr
     assert one["fc8.weight"].abs().max() > 1e-4  # fc8 starts at 0: what it moved by depends on the masks
     for name, value in one.items():  # float32 sums in another order differ by about 1e-9
         assert (pair[name] - value).abs().max() < 1e-6, name
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU here"))])
+def test_each_tower_takes_its_half_of_the_mask_one_process_draws(device):
+    # the towers' dropout communicates nothing: a tower built without process groups draws its own half
+    network = build_model(NetworkRecord.of("paper", CLASSES, width=0.125))
+    towers = [Tower(network, Pair(tower, 0, 1, None, None)).train() for tower in (0, 1)]
+    x = torch.rand(8, 64, device=device) + 0.5  # a dropped unit is the only 0
+    torch.manual_seed(0)
+    whole = torch.nn.Dropout(0.5)(x)
+    halves = []
+    for tower, half in zip(towers, x.tensor_split(2, 1), strict=True):
+        torch.manual_seed(0)  # the stream both towers share
+        halves.append(tower._dropout(half))
+    assert torch.equal(torch.cat(halves, 1), whole)
 
 
 @pytest.mark.parametrize(("arch", "world", "message"), [
