@@ -133,12 +133,14 @@ class Tower(nn.Module):
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
         """§4.2's dropout on this tower's half of fc6's or fc7's outputs: its part of a mask drawn for the whole
-        layer from the random stream both towers share, so that the halves' masks are independent and, on the CPU,
-        those of one process running the whole network (whose dropout draws the same way)."""
+        layer from the random stream both towers share, so that the halves' masks are independent. The mask is
+        drawn by the call that one process's dropout makes, on a tensor of the whole layer's shape and type, since
+        each device lays its draws out in its own way (CUDA's fused dropout kernel unlike its bernoulli_): on any
+        device it is then the mask of one process running the whole network."""
         if not self.training or self.dropout_p == 0:
             return x
         n, half = x.shape
-        noise = x.new_empty(n, 2 * half).bernoulli_(1 - self.dropout_p).div_(1 - self.dropout_p)
+        noise = F.dropout(x.new_ones(n, 2 * half), self.dropout_p)
         return x * noise[:, self.pair.tower * half:(self.pair.tower + 1) * half]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

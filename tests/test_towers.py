@@ -22,7 +22,7 @@ from alexnet.config import TrainConfig
 from alexnet.errors import InputError
 from alexnet.optim import PaperSGD
 from alexnet.record import NetworkRecord, build_model
-from alexnet.towers import Tower, place
+from alexnet.towers import Pair, Tower, place
 from alexnet.train import train
 
 CLASSES = 7  # odd: tower 0 holds 4 of fc8's outputs, tower 1 three
@@ -195,6 +195,65 @@ def test_two_pairs_with_64_each_equal_one_process_with_128(store, tmp_path):
     # every validation image counted once: 24 images over 2 pairs
     val = [json.loads((tmp_path / name / "metrics.jsonl").read_text())["val_images"] for name in ("one", "towers")]
     assert val == [24, 24]
+
+
+# A dropout that lays its draws out unlike bernoulli_ (column by column), as CUDA's fused dropout kernel does,
+# and a torchrun script that trains under it
+DEVICE_DROPOUT = """
+import torch
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    if not training or p == 0:
+        return input
+    keep = torch.rand(input.shape[::-1]).T < 1 - p
+    return input * keep / (1 - p)
+"""
+UNDER_DEVICE_DROPOUT = DEVICE_DROPOUT + """
+import sys
+import torch.nn.functional
+from alexnet.cli import main
+
+torch.nn.functional.dropout = dropout
+main(sys.argv[1:])
+"""
+
+
+def test_a_pair_from_the_command_line_trains_one_process_weights_whatever_the_dropout_kernel(store, tmp_path,
+                                                                                              monkeypatch):
+    # dropout on: a pair's mask is one process's only where it is drawn as one process draws it
+    common = ["train", "--data", str(store), "--epochs", "1", "--batch-size", "8", "--max-steps", "2", "--clip", "0",
+              "--precision", "fp32", "--width", "0.25", "--no-progress", "--out", str(tmp_path)]
+    kernel: dict = {}
+    exec(DEVICE_DROPOUT, kernel)
+    monkeypatch.setattr(F, "dropout", kernel["dropout"])
+    main([*common, "--name", "one"])
+    script = tmp_path / "under_device_dropout.py"
+    script.write_text(UNDER_DEVICE_DROPOUT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(free_port()), str(script), *common, "--name", "pair",
+                             "--parallel", "towers"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    one, pair = (torch.load(tmp_path / name / "last.pt", weights_only=True)["model"] for name in ("one", "pair"))
+    assert one["fc8.weight"].abs().max() > 1e-4  # fc8 starts at 0: what it moved by depends on the masks
+    for name, value in one.items():  # float32 sums in another order differ by about 1e-9
+        assert (pair[name] - value).abs().max() < 1e-6, name
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU here"))])
+def test_each_tower_takes_its_half_of_the_mask_one_process_draws(device):
+    # the towers' dropout communicates nothing: a tower built without process groups draws its own half
+    network = build_model(NetworkRecord.of("paper", CLASSES, width=0.125))
+    towers = [Tower(network, Pair(tower, 0, 1, None, None)).train() for tower in (0, 1)]
+    x = torch.rand(8, 64, device=device) + 0.5  # a dropped unit is the only 0
+    torch.manual_seed(0)
+    whole = torch.nn.Dropout(0.5)(x)
+    halves = []
+    for tower, half in zip(towers, x.tensor_split(2, 1), strict=True):
+        torch.manual_seed(0)  # the stream both towers share
+        halves.append(tower._dropout(half))
+    assert torch.equal(torch.cat(halves, 1), whole)
 
 
 @pytest.mark.parametrize(("arch", "world", "message"), [
