@@ -501,3 +501,14 @@ def test_a_gray_image_gives_its_rgb_copys_pixels_from_a_third_of_the_memory(tmp_
         assert np.array_equal(preprocess(tmp_path / name), preprocess(tmp_path / f"{name}.rgb.png")), name
     bomb = bomb_png(6000, 5000)  # 1 bit a pixel: 30 million pixels, one byte each once decoded
     assert peak_growth(lambda: preprocess(io.BytesIO(bomb))) < 3 * 30e6 / 2**20  # not RGB's 4 more
+
+
+@pytest.mark.parametrize("mode, suffix", [("P", "png"), ("P", "gif"), ("RGBA", "png"), ("LA", "png"),
+                                          ("L", "png"), ("CMYK", "jpg"), ("1", "png")])
+def test_every_mode_is_converted_as_pil_converts_it_to_rgb(tmp_path, mode, suffix):
+    picture = Image.fromarray(gradient(400, 300)).convert(mode)  # a palette, an alpha channel, gray, print inks
+    picture.save(tmp_path / f"image.{suffix}")
+    stored = Image.open(tmp_path / f"image.{suffix}")
+    pixels = preprocess(tmp_path / f"image.{suffix}")
+    assert pixels.shape == (256, 256, 3) and pixels.dtype == np.uint8
+    assert np.abs(pixels.astype(int) - hand_preprocess(stored.convert("RGB"))).max() <= 2
