@@ -32,7 +32,7 @@ def _prepare(args: argparse.Namespace) -> None:
     from .data.store import prepare
 
     prepare(args.src, args.dst, size=args.size, shard_size=args.shard_size, workers=args.workers,
-            label_file=args.labels, overwrite=args.overwrite)
+            label_file=args.labels, overwrite=args.overwrite, val_fraction=args.val_fraction)
 
 
 def _download(args: argparse.Namespace) -> None:

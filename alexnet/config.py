@@ -41,6 +41,8 @@ class TrainConfig:
 
     data: str | None = option(None, "a store from `alexnet prepare`, or an image folder with train/ and val/ "
                                     "(default: the built-in photos)")
+    val_fraction: float = option(0.0, "an image folder without val/: the fraction of each class's training images "
+                                      "held out for validation (the same images every run)", accepts=FRACTION)
     arch: str = option("paper", "network variant", section="§3.5", choices=ARCHS)
     lrn: str | None = option(None, "LRN formula (default: the architecture's own)", section="§3.3", choices=MODES)
     init: str | None = option(None, f"initialization (default: §5's with {PAPER_CLASSES} classes or more; centered "

@@ -146,7 +146,7 @@ def evaluate_checkpoints(paths: list[str], data: str | None, split: str = EvalCo
     saved = first.info.get("config") or {}  # a run's; an import's has no data set
     recorded = data is None and "data" in saved
     data = saved["data"] if recorded else data
-    source = open_split(prepared_root(data), split)
+    source = open_split(prepared_root(data), split, saved.get("val_fraction", 0) if recorded else 0)
     for net in networks:
         net.check_side(source, data or "the built-in photos")
     if source.classes != first.classes:

@@ -16,6 +16,6 @@ def final_evaluation(path: Path) -> dict[int, Errors]:
     state = checkpoint.load(path)
     cfg = saved_config(state)
     net = network(state, cfg.device, cfg.precision)
-    val = Loader(open_split(prepared_root(cfg.data), "val"), cfg.batch_size, shuffle=False, workers=cfg.workers,
-                 pin_memory=net.device.type == "cuda")
+    val = Loader(open_split(prepared_root(cfg.data), "val", cfg.val_fraction), cfg.batch_size, shuffle=False,
+                 workers=cfg.workers, pin_memory=net.device.type == "cuda")
     return {crops: evaluate([net], val.epoch(0), crops) for crops in (1, 10)}

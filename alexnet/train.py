@@ -136,9 +136,12 @@ def open_data(cfg: TrainConfig, rank: int = 0, world: int = 1, pair: Pair | None
     if world > 1:
         dist.barrier()
     root = data_root(cfg.data)
-    if "val" not in split_names(root):
-        raise InputError(f"{root} has no validation split (val/), which the recipe needs")
-    train, val = open_split(root, "train"), open_split(root, "val")
+    if cfg.val_fraction and "val" in split_names(root):
+        raise InputError(f"--val-fraction {cfg.val_fraction}: {root} has a validation split of its own")
+    if "val" not in split_names(root, cfg.val_fraction):
+        raise InputError(f"{root} has no validation split (val/), which the recipe needs: --val-fraction F holds "
+                         "out F of each class's training images")
+    train, val = open_split(root, "train", cfg.val_fraction), open_split(root, "val", cfg.val_fraction)
     if val.classes != train.classes:
         raise InputError(f"{root}: the validation classes differ from the training classes")
     if cfg.crop > train.side:

@@ -16,7 +16,7 @@ import alexnet.data.sources
 import alexnet.data.stats
 from alexnet.cli import main
 from alexnet.data.augment import center_crop
-from alexnet.data.folders import list_images
+from alexnet.data.folders import hold_out, list_images
 from alexnet.data.sources import builtin_store, data_root, prepared_root
 from alexnet.data.store import Store, prepare
 from alexnet.errors import InputError
@@ -334,3 +334,20 @@ def test_a_real_full_disk_ends_prepare_in_one_line_and_a_rerun_goes_on(photos, t
     assert "again to go on once there is room" in said
     assert "shard-00000.npz" in (tmp_path / "disk.kept").read_text().split()
     same_stores(Store(tmp_path / "disk.store"), prepare(photos, tmp_path / "fresh", shard_size=4, progress=False))
+
+
+def test_a_folder_without_val_holds_out_each_classs_share_the_same_way_every_time(photos, tmp_path, capsys):
+    flat = photos / "train"  # class folders only: an ImageFolder without splits
+    train, val = hold_out(list_images(flat), 0.25)
+    again = hold_out(list_images(flat), 0.25)
+    assert [str(p) for p in val.paths] == [str(p) for p in again[1].paths]  # the same images every time
+    assert sorted(map(str, train.paths + val.paths)) == sorted(map(str, list_images(flat).paths))
+    counts = np.bincount(list_images(flat).labels)  # 7, 6, 6, 6: a quarter of each, rounded
+    assert np.bincount(val.labels).tolist() == [round(0.25 * n) for n in counts]
+    store = prepare(flat, tmp_path / "store", workers=1, progress=False, val_fraction=0.25)
+    assert store.plan["val_fraction"] == 0.25 and store.split("val").files == [str(p) for p in val.paths]
+    capsys.readouterr()
+    prepare(flat, tmp_path / "store", workers=1, val_fraction=0.25)
+    assert "already prepared" in capsys.readouterr().out
+    one_line_error(capsys, ["prepare", str(photos), str(tmp_path / "other"), "--val-fraction", "0.2"],
+                   f"--val-fraction 0.2: {photos} has a validation split of its own")

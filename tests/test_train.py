@@ -480,3 +480,17 @@ def test_a_run_resumes_from_any_folder_and_from_its_store_moved_but_not_from_ano
     main(["train", "--resume", str(run_dir), "--max-steps", "3", "--data", "moved"])
     state = checkpoint.load(run_dir / "last.pt")
     assert state["total_steps"] == 3 and state["config"]["data"] == str(tmp_path / "moved")
+
+
+def test_a_folder_without_val_trains_with_a_held_out_share_that_eval_finds_again(photos, tmp_path, capsys):
+    flat = photos / "train"  # class folders only
+    argv = ["train", "--data", str(flat), "--max-steps", "1", "--batch-size", "8", "--width", "0.25",
+            "--no-progress", "--precision", "fp32", "--out", str(tmp_path), "--name"]
+    one_line_error(capsys, [*argv, "none"], "has no validation split (val/), which the recipe needs: --val-fraction")
+    one_line_error(capsys, [*argv, "own", "--data", str(photos), "--val-fraction", "0.2"],
+                   f"--val-fraction 0.2: {photos} has a validation split of its own")
+    main([*argv, "held", "--val-fraction", "0.25"])
+    assert json.loads((tmp_path / "held" / "config.json").read_text())["val_fraction"] == 0.25
+    capsys.readouterr()
+    main(["eval", str(tmp_path / "held" / "last.pt"), "--json"])  # the data set and its share, as recorded
+    assert json.loads(capsys.readouterr().out)["images"] == 24  # a quarter of each class's 24 photos

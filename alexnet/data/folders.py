@@ -20,7 +20,7 @@ import stat
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
@@ -132,6 +132,25 @@ def list_images(root: str | Path, split: str = "train", label_file: str | Path |
             raise InputError(f"val class folder {folder / unknown[0]} has no train class of that name")
         return _list_class_folders(folder, train_classes or val_classes, val_classes)
     return _list_flat_val(root, folder, train_classes or list(imagenet_classes()), label_file)
+
+
+def hold_out(images: ImageList, fraction: float, seed: int = 0) -> tuple[ImageList, ImageList]:
+    """A training list split into training and validation images: `fraction` of each class's images (rounded,
+    and at least one of a class of two or more), drawn by `seed`, held out; the same list, fraction and seed
+    always give the same split."""
+    rng, held = np.random.default_rng(seed), np.zeros(len(images.paths), bool)
+    for label in range(len(images.classes)):
+        members = np.flatnonzero(images.labels == label)
+        count = min(len(members) - 1, max(1, round(fraction * len(members)))) if len(members) > 1 else 0
+        held[rng.permutation(members)[:count]] = True
+    if not held.any():
+        raise InputError(f"--val-fraction {fraction}: holds out no image of {images.root}")
+
+    def part(keep: np.ndarray) -> ImageList:
+        return replace(images, paths=[p for p, k in zip(images.paths, keep, strict=True) if k],
+                                   labels=images.labels[keep])
+
+    return part(~held), part(held)
 
 
 def known_class(image: str | Path, classes: list[str]) -> int | None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..files import cache_dir
-from .folders import DEFAULT_DATA, list_images, splits
+from .folders import DEFAULT_DATA, hold_out, list_images, splits
 from .split import Split
 from .store import Store, prepare
 
@@ -44,11 +44,18 @@ def describe(data: str | Path | None) -> str:
     return f"{'store' if is_store(data) else 'JPEG folder'} {data}"
 
 
-def split_names(root: str | Path) -> list[str]:
-    """The splits a store or an image folder has ("train", "val")."""
-    return Store(root).splits if is_store(root) else splits(root)
+def split_names(root: str | Path, val_fraction: float = 0) -> list[str]:
+    """The splits a store or an image folder has ("train", "val"), a validation split held out of the training
+    images by `val_fraction` included."""
+    names = Store(root).splits if is_store(root) else splits(root)
+    return names + ["val"] if val_fraction and names == ["train"] else names
 
 
-def open_split(root: str | Path, split: str) -> Split:
-    """A split of a store or of an image folder (see prepared_root for the built-in photos)."""
-    return Store(root).split(split) if is_store(root) else list_images(root, split)
+def open_split(root: str | Path, split: str, val_fraction: float = 0) -> Split:
+    """A split of a store or of an image folder (see prepared_root for the built-in photos); with `val_fraction`,
+    of an image folder without val/, its training images held out as validation (folders.hold_out)."""
+    if is_store(root):
+        return Store(root).split(split)
+    if not val_fraction or splits(root) != ["train"]:
+        return list_images(root, split)
+    return dict(zip(("train", "val"), hold_out(list_images(root, "train"), val_fraction), strict=True))[split]

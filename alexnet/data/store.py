@@ -44,8 +44,8 @@ import torch
 from ..errors import Failure, InputError, printable
 from ..files import atomic_write, read_json, write_json
 from ..kernels import cpu_kernels
-from ..options import COUNT, argument, option, up_to
-from .folders import MAX_PIXELS, SIDE, BadFiles, BadImageError, ImageList, list_images, preprocess, splits
+from ..options import COUNT, FRACTION, argument, option, up_to
+from .folders import MAX_PIXELS, SIDE, BadFiles, BadImageError, ImageList, hold_out, list_images, preprocess, splits
 from .split import Batch, Split
 from .stats import PixelStats, Recipe
 
@@ -61,6 +61,8 @@ class PrepareConfig:
     shard_size: int = option(4096, "images per shard file", accepts=COUNT)
     workers: int | None = option(None, "decoding processes (default: one per core)", accepts=COUNT)
     labels: str | None = option(None, "label file of a flat validation folder (default: found in SRC)")
+    val_fraction: float = option(0.0, "SRC without val/: the fraction of each class's images held out as the "
+                                      "store's validation split", accepts=FRACTION)
     size: int = option(SIDE, "side of the stored square images", accepts=up_to(4 * SIDE))
     overwrite: bool = option(False, "replace a store in DST that was made of other files or settings (its own "
                                     "files only: nothing else in DST is touched)")
@@ -87,10 +89,15 @@ def _load_chunk(job: tuple[str, int, list[str], int, bool]) -> tuple[list[str | 
     return reasons, stats
 
 
-def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None) -> dict:
+def _plan(src: Path, size: int, shard_size: int, label_file: str | Path | None, val_fraction: float = 0) -> dict:
     src = src.resolve()  # each file by its absolute path: features and neighbors name it from any folder
     lists: dict[str, ImageList] = {split: list_images(src, split, label_file) for split in splits(src)}
     plan = {"version": VERSION, "source": str(src), "size": size, "shard_size": shard_size, "splits": {}}
+    if val_fraction:  # recorded only where given, so that the plans of other stores stay as they were
+        if "val" in lists:
+            raise InputError(f"--val-fraction {val_fraction}: {src} has a validation split of its own")
+        lists["train"], lists["val"] = hold_out(lists["train"], val_fraction)
+        plan["val_fraction"] = val_fraction
     for split, images in lists.items():
         plan["splits"][split] = {
             "files": [str(p) for p in images.paths], "labels": images.labels.tolist(),
@@ -161,13 +168,13 @@ def _remove_store(dst: Path, splits: list[str]) -> None:
 def prepare(src: str | Path, dst: str | Path, size: int = PrepareConfig.size,
             shard_size: int = PrepareConfig.shard_size, workers: int | None = PrepareConfig.workers,
             label_file: str | Path | None = PrepareConfig.labels, overwrite: bool = PrepareConfig.overwrite,
-            progress: bool = True) -> "Store":
+            progress: bool = True, val_fraction: float = PrepareConfig.val_fraction) -> "Store":
     """Preprocess every split of the image folder `src` into the store `dst` on all cores (see above); a store
     there of other files or settings is refused unless `overwrite`, which deletes its files and no others."""
     from tqdm import tqdm
 
     src, dst = Path(src), Path(dst)
-    plan = _plan(src, size, shard_size, label_file)
+    plan = _plan(src, size, shard_size, label_file, val_fraction)
     if dst.is_dir() and any(dst.iterdir()):
         if not (dst / "plan.json").is_file():
             raise InputError(f"{dst} is not empty and is not an alexnet store; choose another destination")
