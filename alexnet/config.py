@@ -39,8 +39,8 @@ class TrainConfig:
     """Everything a run depends on, each option declared once (the command line's options are made from
     these declarations); written to the run folder as config.json."""
 
-    data: str | None = option(None, "a store from `alexnet prepare`, or an image folder with train/ and val/ "
-                                    "(default: the built-in photos)")
+    data: str | None = option(None, "a store from `alexnet prepare`, an image folder with train/ and val/, or a "
+                                    "CSV list of images (default: the built-in photos)")
     val_fraction: float = option(0.0, "an image folder without val/: the fraction of each class's training images "
                                       "held out for validation (the same images every run)", accepts=FRACTION)
     arch: str = option("paper", "network variant", section="§3.5", choices=ARCHS)

@@ -1,3 +1,4 @@
+import csv
 import errno
 import json
 import os
@@ -16,7 +17,7 @@ import alexnet.data.sources
 import alexnet.data.stats
 from alexnet.cli import main
 from alexnet.data.augment import center_crop
-from alexnet.data.folders import hold_out, list_images
+from alexnet.data.folders import hold_out, list_images, splits
 from alexnet.data.sources import builtin_store, data_root, prepared_root
 from alexnet.data.store import Store, prepare
 from alexnet.errors import InputError
@@ -351,3 +352,24 @@ def test_a_folder_without_val_holds_out_each_classs_share_the_same_way_every_tim
     assert "already prepared" in capsys.readouterr().out
     one_line_error(capsys, ["prepare", str(photos), str(tmp_path / "other"), "--val-fraction", "0.2"],
                    f"--val-fraction 0.2: {photos} has a validation split of its own")
+
+
+def test_a_list_of_files_and_labels_is_a_source_as_a_folder_is(photos, tmp_path, capsys):
+    rows = [("file", "label", "split")] + [(str(f.relative_to(photos)), f.parent.name, split) for split in
+                                           ("train", "val") for f in sorted((photos / split).rglob("*.JPEG"))]
+    listing = photos / "list.csv"
+    with open(listing, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert splits(listing) == ["train", "val"]
+    for split in ("train", "val"):  # the same images and labels as the folder's
+        by_list, by_folder = list_images(listing, split), list_images(photos, split)
+        assert sorted(zip(map(str, by_list.paths), by_list.labels.tolist(), strict=True)) == sorted(
+            zip(map(str, by_folder.paths), by_folder.labels.tolist(), strict=True))
+    store = prepare(listing, tmp_path / "store", workers=1, progress=False)
+    assert len(store.split("train")) == 25 and len(store.split("val")) == 8
+    (photos / "no-split.csv").write_text("file,label\n" + "".join(f"{p},{c}\n" for p, c, _ in rows[1:26]))
+    held = prepare(photos / "no-split.csv", tmp_path / "held", workers=1, progress=False, val_fraction=0.25)
+    assert held.splits == ["train", "val"] and len(held.split("val")) > 0
+    (tmp_path / "bad.csv").write_text("path,class\na.jpg,cat\n")
+    one_line_error(capsys, ["prepare", str(tmp_path / "bad.csv"), str(tmp_path / "bad")],
+                   "bad.csv: expected a header row naming the columns file and label")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InputError, printable
+from ..errors import InputError, first_words, printable
 from .split import Batch, Split
 
 SPLITS = ("train", "val")
@@ -104,14 +104,20 @@ class _Decoded(torch.utils.data.Dataset):
 
 
 def splits(root: str | Path) -> list[str]:
-    """The splits present in `root`: ["train", "val"], ["train"] for a plain ImageFolder, or ["val"]."""
+    """The splits present in `root`: ["train", "val"], ["train"] for a plain ImageFolder, or ["val"]; those a
+    list of images (a CSV file) names."""
+    if is_list(root):
+        return [split for split in SPLITS if split in {row.get("split") or "train" for row in _rows(Path(root))}]
     root = _folder(root)
     found = [split for split in SPLITS if (root / split).is_dir()]
     return found or ["train"]
 
 
 def list_images(root: str | Path, split: str = "train", label_file: str | Path | None = None) -> ImageList:
-    """List one split of the data set in `root`, with labels; `label_file` labels a flat val folder."""
+    """List one split of the data set in `root` (a folder, or a list of images: a CSV file), with labels;
+    `label_file` labels a flat val folder."""
+    if is_list(root):
+        return _list_rows(Path(root), split)
     root = _folder(root)
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -151,6 +157,38 @@ def hold_out(images: ImageList, fraction: float, seed: int = 0) -> tuple[ImageLi
                                    labels=images.labels[keep])
 
     return part(~held), part(held)
+
+
+def is_list(source: str | Path) -> bool:
+    """Whether a data source is a list of images: a CSV file of the columns file and label (and split)."""
+    return Path(source).suffix.lower() == ".csv" and Path(source).expanduser().is_file()
+
+
+def _rows(path: Path) -> list[dict]:
+    """The rows of a list of images, each with a file and a label; InputError where it is not such a list."""
+    try:
+        with open(path.expanduser(), newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path} is not a readable list of images ({first_words(err)})") from None
+    if not rows or not {"file", "label"} <= set(rows[0]) or any(not row["file"] or not row["label"] for row in rows):
+        raise InputError(f"{path}: expected a header row naming the columns file and label (and split, train or "
+                         "val), then a row for each image, none empty")
+    return rows
+
+
+def _list_rows(path: Path, split: str) -> ImageList:
+    """One split of a list of images: its rows of that split (no split column: all are train), each file relative
+    to the list's folder where it is not absolute; the classes are every label of the list, sorted."""
+    rows = _rows(path)
+    classes = sorted({row["label"] for row in rows})
+    mine = [row for row in rows if (row.get("split") or "train") == split]
+    if not mine:
+        raise InputError(f"no {split} split: {path} has no rows of it")
+    index = {c: i for i, c in enumerate(classes)}
+    paths = [path.expanduser().parent / row["file"] for row in mine]  # an absolute file stays as it is
+    return ImageList(path, paths, np.array([index[row["label"]] for row in mine], np.int64), classes,
+                     class_names(classes))
 
 
 def known_class(image: str | Path, classes: list[str]) -> int | None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..files import cache_dir
-from .folders import DEFAULT_DATA, hold_out, list_images, splits
+from .folders import DEFAULT_DATA, hold_out, is_list, list_images, splits
 from .split import Split
 from .store import Store, prepare
 
@@ -24,7 +24,7 @@ def data_root(data: str | Path | None) -> Path:
     """The folder a command reads: `data` itself, or for None the built-in photos' store; InputError where it is
     not there. A lookup only: prepared_root makes the built-in store first."""
     root = builtin_store() if data is None else Path(data).expanduser()
-    if not root.is_dir():
+    if not root.is_dir() and not is_list(root):
         raise InputError(f"data folder not found: {root}")
     return root
 
@@ -41,7 +41,7 @@ def describe(data: str | Path | None) -> str:
     """The data set in words, for people."""
     if data is None:
         return f"the built-in photos ({DEFAULT_DATA})"
-    return f"{'store' if is_store(data) else 'JPEG folder'} {data}"
+    return f"{'store' if is_store(data) else 'image list' if is_list(data) else 'JPEG folder'} {data}"
 
 
 def split_names(root: str | Path, val_fraction: float = 0) -> list[str]:

@@ -56,7 +56,7 @@ VERSION = 3  # 3: files.json (2 had files.txt, one name a line); 2: rgb.npz on t
 class PrepareConfig:
     """`alexnet prepare`'s arguments."""
 
-    src: str = argument("image folder: ROOT/train/<class>/*, ROOT/val/..., or ROOT/<class>/*")
+    src: str = argument("image folder (ROOT/train/<class>/*, ROOT/val/..., or ROOT/<class>/*) or a CSV list of images")
     dst: str = argument("store folder to write")
     shard_size: int = option(4096, "images per shard file", accepts=COUNT)
     workers: int | None = option(None, "decoding processes (default: one per core)", accepts=COUNT)
