@@ -210,17 +210,24 @@ def model_card(meta: dict) -> str:
     lrn = (f"{meta['lrn']} LRN (k={meta['lrn_formula']['k']}, alpha={meta['lrn_formula']['alpha']:g}, "
            f"beta={meta['lrn_formula']['beta']}, size {meta['lrn_formula']['size']})" if meta["lrn_formula"]
            else "no LRN")
+    accuracy = (f"{100 * measured['top1_error']:.2f}% top-1 and {100 * measured['top5_error']:.2f}% top-5 error on "
+                f"{measured['images']} images of {measured['data']} ({measured['split']}, "
+                f"{measured['crops']} crop{'s' if measured['crops'] > 1 else ''})" if measured else "not measured")
     if config.get("imported"):
-        data = f"ImageNet (ILSVRC-2012), {len(meta['classes'])} classes: torchvision's weights, imported"
-        recipe = (f"torchvision's training ({config['imported']}), file {config.get('weights')}, "
-                  f"SHA-256 {config.get('sha256')}")
+        from torchvision.models import AlexNet_Weights
+
+        published = AlexNet_Weights.IMAGENET1K_V1
+        data = f"ImageNet (ILSVRC-2012), {len(meta['classes'])} classes"
+        recipe = (f"torchvision's (not this package's): its weights file {config.get('weights')}, SHA-256 "
+                  f"{config.get('sha256')}" + (f", from {config['url']}" if config.get("url") else ""))
+        if not measured and config.get("sha256", "").startswith(torch.hub.HASH_REGEX.search(published.url)[1]):
+            top = published.meta["_metrics"]["ImageNet-1K"]
+            accuracy = (f"not measured here; torchvision reports {top['acc@1']}% top-1 and {top['acc@5']}% top-5 "
+                        "accuracy on ImageNet-1K's validation set (centre crop) for these weights (IMAGENET1K_V1)")
     else:
         data = f"{config.get('data') or 'the built-in photos'}, {len(meta['classes'])} classes"
         keys = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "augment", "seed")
         recipe = ", ".join(f"{k} {config[k]}" for k in keys if config.get(k) is not None) or "not recorded"
-    accuracy = (f"{100 * measured['top1_error']:.2f}% top-1 and {100 * measured['top5_error']:.2f}% top-5 error on "
-                f"{measured['images']} images of {measured['data']} ({measured['split']}, "
-                f"{measured['crops']} crop{'s' if measured['crops'] > 1 else ''})" if measured else "not measured")
     steps = "\n".join(f"{n}. {step['op']}: " + ", ".join(f"{k} {v}" for k, v in step.items() if k != "op")
                       for n, step in enumerate(p["steps"], 1))
     names = ", ".join(meta["names"][:10]) + (", ..." if len(meta["names"]) > 10 else "")

@@ -26,7 +26,7 @@ from alexnet.data.folders import DEFAULT_DATA, imagenet_classes, preprocess
 from alexnet.data.store import Store
 from alexnet.errors import InputError
 from alexnet.evaluate import evaluate_checkpoints, predict
-from alexnet.export import check, export, read_metadata, read_record
+from alexnet.export import check, export, model_card, read_metadata, read_record
 from alexnet.features import extract_features
 from alexnet.inference import load_network
 from alexnet.lrn import FORMULAS
@@ -286,6 +286,9 @@ def test_a_hugging_face_folder_is_read_by_every_command(ckpts, tmp_path, capsys)
                   "built-in photos (val, 1 crop)", "tench", "3. subtract: mean_image network.recipe.mean",
                   'alexnet.load("THIS_FOLDER")', "epochs 1"):
         assert words in card, words
+    published = {**meta, "measured": None, "config": {"imported": "torchvision", "sha256": "7be5be79" + "0" * 56,
+                                                      "weights": "alexnet-owt-7be5be79.pth"}}
+    assert "torchvision reports 56.522% top-1 and 79.066% top-5 accuracy" in model_card(published)
     by_pt, by_hf = (predict(p, [str(PHOTO)], crops=1, device="cpu", precision="fp32").probs for p in (pt, str(out)))
     assert torch.equal(by_pt, by_hf)
     main(["predict", str(out), str(PHOTO)])
