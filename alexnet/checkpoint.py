@@ -9,7 +9,8 @@ A checkpoint (.pt: torch.save, read with torch.load(weights_only=True)) holds
     optimizer, schedule, step, total_steps, sums, planned, planned_epochs, rng, cuda_rng
                          a run's state, from which `train --resume` continues exactly (train.Trainer.snapshot)
 A weights file (.safetensors) holds the state dict under the model's own keys, and in its header the record and
-the metadata of an export (export.metadata); every command that takes a checkpoint takes it.
+the metadata of an export (export.metadata); every command that takes a checkpoint takes it, and a folder in the
+Hugging Face layout (`export --format hf`: its model.safetensors beside config.json and a model card).
 """
 
 import json
@@ -31,6 +32,7 @@ WEIGHTS_FORMATS_READ = ("alexnet-safetensors-1", WEIGHTS_FORMAT)
 # exported for other programs (export.py)
 FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2"}
 WEIGHTS_SUFFIX = ".safetensors"
+HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"  # what makes a folder one in the Hugging Face layout
 # What a checkpoint says beside its network's record and weights, which inference keeps (inference.Network.info):
 # where it was read from, its run's configuration and progress, the validation errors measured of these weights
 INFO = ("path", "config", "epoch", "best", "measured")
@@ -47,13 +49,15 @@ def save(path: Path, state: dict) -> None:
 
 def load(path: str | Path) -> dict:
     """Read a checkpoint (a run folder: its best.pt, else its last.pt) or a weights file (.safetensors, see
-    save_weights) of any version, its "network" as a NetworkRecord; a missing, truncated or foreign file raises
-    InputError with a one-line reason."""
+    save_weights; a Hugging Face folder: its model.safetensors) of any version, its "network" as a NetworkRecord;
+    a missing, truncated or foreign file raises InputError with a one-line reason."""
     path = Path(path)
     if path.is_dir():
-        path = of_run(path)
+        folder = path
+        path = folder / HF_WEIGHTS if is_hf(folder) else of_run(folder)
         if not path.is_file():
-            raise InputError(f"{path.parent} is a folder but not a run folder (no {LAST} or {BEST} in it)")
+            raise InputError(f"{folder} is a folder but not a run folder (no {LAST} or {BEST} in it), nor a "
+                             f"Hugging Face one ({HF_WEIGHTS} and {HF_CONFIG})")
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
     if path.suffix in FORMATS and path.suffix != WEIGHTS_SUFFIX:
@@ -84,6 +88,11 @@ def _trained(network: NetworkRecord, path: Path) -> NetworkRecord:
     if network.recipe is None:
         raise InputError(f"{path}: its network record has no recipe (the mean image and RGB PCA to feed it with)")
     return network
+
+
+def is_hf(folder: Path) -> bool:
+    """Whether a folder is in the Hugging Face layout: its weights (model.safetensors) beside config.json."""
+    return (folder / HF_WEIGHTS).is_file() and (folder / HF_CONFIG).is_file()
 
 
 def of_run(folder: Path) -> Path:

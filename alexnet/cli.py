@@ -170,9 +170,15 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _import_torchvision(args: argparse.Namespace) -> None:
-    from .export import import_torchvision
+    from .errors import InputError
+    from .export import download_torchvision, import_torchvision
 
-    record = import_torchvision(args.weights, args.out)
+    if args.download == (args.weights is not None):
+        raise InputError("give either a weights file (WEIGHTS OUT) or --download (--download OUT)")
+    if args.download:
+        record = download_torchvision(args.out, args.progress)
+    else:
+        record = import_torchvision(args.weights, args.out)
     print(f"wrote {args.out}: torchvision's {record.arch!r} with ImageNet's {len(record.classes)} classes; next: "
           f"alexnet predict {args.out} IMAGE.jpg")
 
@@ -318,7 +324,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         p.description = ("Make a checkpoint of a torchvision.models.alexnet() state dict (such as torchvision's "
                          "alexnet-owt-7be5be79.pth): the 'owt' network with ImageNet's 1000 class names and "
                          "torchvision's preprocessing (shorter side 256, centre crop 224, its mean and std), for "
-                         "eval, predict, features, neighbors and export.")
+                         "eval, predict, features, neighbors and export; with --download, torchvision's published "
+                         "ImageNet weights, fetched and hash-checked by torchvision's weights API.")
         add_options(p, ImportTorchvisionConfig)
 
     if p := add("experiment", "the paper's claims as experiments, with seeds", _experiment):

@@ -128,6 +128,10 @@ def download(name: str, dst: str | Path, store: str | Path | None = None, base_u
     return folder
 
 
+# Not torchvision.datasets' download_and_extract_archive, which its Imagenette and CIFAR10 call: it starts a cut
+# download over rather than continuing it, checks an MD5 only, keeps a file that failed its check, retries an https
+# address over plain http, and unpacks with tarfile's extractall unfiltered (links, "..", absolute paths); and its
+# CIFAR10 reads the pickled batches into memory, where `alexnet experiment` reads class folders of images.
 def fetch(archive: Archive, dst: Path, base_url: str | None = None, progress: bool = True) -> Path:
     """DST/<archive>: downloaded (continuing DST/<archive>.part), from `base_url` if given, and verified."""
     path = dst / archive.filename

@@ -1,4 +1,5 @@
-"""`alexnet download`, offline: a local HTTP server (with Range requests) serves small archives made here."""
+"""`alexnet download` and `alexnet import-torchvision --download`, offline: a local HTTP server (with Range
+requests) serves small archives and a torchvision weights file made here."""
 
 import hashlib
 import io
@@ -15,10 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
+from conftest import one_line_error
 from PIL import Image
 
-from alexnet import cli
+from alexnet import checkpoint, cli
 from alexnet import download as dl
+from alexnet.data.folders import imagenet_classes
 from alexnet.data.store import Store
 from alexnet.errors import InputError
 from alexnet.experiments import load_cifar
@@ -374,3 +379,57 @@ def test_a_link_already_in_the_destination_does_not_lead_the_unpacking_out_of_it
     (dst / "imagenette2-160").symlink_to(dst / "inside")  # a link that stays inside is followed
     dl.extract(archive, dst, progress=False)
     assert (dst / "inside" / "train" / "n01440764" / "ok.JPEG").is_file()
+
+
+@pytest.fixture(scope="module")
+def published_weights() -> tuple[bytes, dict]:
+    """torchvision alexnet()'s state dict as a .pth file's bytes (full size: 233 MiB), with weights made here."""
+    torch.manual_seed(0)
+    state = torchvision.models.alexnet().state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue(), state
+
+
+def serve_weights(site: Site, monkeypatch, data: bytes, prefix: str) -> str:
+    """Serve `data` under the name torch.hub's hash check reads (`prefix`: the hash's first hex digits), as
+    the URL the import fetches; torch.hub's cache in the test's folder."""
+    name = f"alexnet-owt-{prefix}.pth"
+    site.files[f"/{name}"] = data
+    monkeypatch.setenv("ALEXNET_TORCHVISION_URL", f"{site.url}/{name}")
+    return name
+
+
+def test_torchvision_weights_are_fetched_hash_checked_and_imported(site, monkeypatch, tmp_path, capsys,
+                                                                   published_weights):
+    data, state = published_weights
+    digest = hashlib.sha256(data).hexdigest()
+    name = serve_weights(site, monkeypatch, data, digest[:8])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cli.main(["import-torchvision", "--download", str(tmp_path / "tv.pt"), "--no-progress"])
+    assert "1000 classes" in capsys.readouterr().out
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / name).read_bytes() == data  # torch.hub's cache
+    saved = checkpoint.load(tmp_path / "tv.pt")  # what `alexnet predict tv.pt` reads: test_export predicts
+    assert saved["network"].names == list(imagenet_classes().values()) and saved["network"].arch == "owt"
+    assert saved["config"] == {"imported": "torchvision", "weights": name, "url": f"{site.url}/{name}",
+                               "sha256": digest}
+    assert saved["model"].keys() == state.keys() and all(torch.equal(saved["model"][k], v) for k, v in state.items())
+
+
+def test_torchvision_weights_that_fail_the_hash_check_are_one_line_and_leave_nothing(site, monkeypatch, tmp_path,
+                                                                                     capsys, published_weights):
+    data, _ = published_weights
+    corrupt = data[:-1] + bytes([data[-1] ^ 1])
+    serve_weights(site, monkeypatch, corrupt, hashlib.sha256(data).hexdigest()[:8])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    one_line_error(capsys, ["import-torchvision", "--download", str(tmp_path / "tv.pt"), "--no-progress"],
+                   "failed torchvision's hash check (invalid hash value", status=1)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    site.files.clear()
+    one_line_error(capsys, ["import-torchvision", "--download", str(tmp_path / "tv.pt")], "Not Found", status=1)
+    monkeypatch.setenv("ALEXNET_TORCHVISION_URL", f"{site.url}/alexnet.pth")
+    one_line_error(capsys, ["import-torchvision", "--download", str(tmp_path / "tv.pt")], "carries no hash")
+    one_line_error(capsys, ["import-torchvision", str(tmp_path / "a.pth"), str(tmp_path / "tv.pt"), "--download"],
+                   "give either a weights file")
+    one_line_error(capsys, ["import-torchvision", str(tmp_path / "tv.pt")], "give either a weights file")
+    assert site.ranges == [None, None]

@@ -26,7 +26,7 @@ from alexnet.data.folders import DEFAULT_DATA, imagenet_classes, preprocess
 from alexnet.data.store import Store
 from alexnet.errors import InputError
 from alexnet.evaluate import evaluate_checkpoints, predict
-from alexnet.export import check, export, read_metadata, read_record
+from alexnet.export import check, export, model_card, read_metadata, read_record
 from alexnet.features import extract_features
 from alexnet.inference import load_network
 from alexnet.lrn import FORMULAS
@@ -271,3 +271,84 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_file(ckpts, torchvision_wei
         f.unlink()
     main(["import-torchvision", str(weights), str(tmp_path / "tv.pt")])
     one_line_error(capsys, ["train", "--resume", str(tmp_path / "tv.pt")], "holds a network's weights only")
+
+
+def test_a_hugging_face_folder_is_read_by_every_command(ckpts, tmp_path, capsys):
+    out, pt = tmp_path / "hf", str(ckpts["paper"])
+    main(["export", pt, str(out), "--format", "hf", "--check"])
+    assert "the same top-5 classes in the same order for 200/200" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    meta = read_metadata(out)
+    assert meta == read_metadata(out / "model.safetensors")
+    assert meta["network"] == checkpoint.load(pt)["network"].to_json()
+    card = (out / "README.md").read_text()
+    for words in ("# AlexNet (paper), 10 classes", "50.00% top-1 and 25.00% top-5 error on 200 images of the "
+                  "built-in photos (val, 1 crop)", "tench", "3. subtract: mean_image network.recipe.mean",
+                  'alexnet.load("THIS_FOLDER")', "epochs 1"):
+        assert words in card, words
+    published = {**meta, "measured": None, "config": {"imported": "torchvision", "sha256": "7be5be79" + "0" * 56,
+                                                      "weights": "alexnet-owt-7be5be79.pth"}}
+    assert "torchvision reports 56.522% top-1 and 79.066% top-5 accuracy" in model_card(published)
+    by_pt, by_hf = (predict(p, [str(PHOTO)], crops=1, device="cpu", precision="fp32").probs for p in (pt, str(out)))
+    assert torch.equal(by_pt, by_hf)
+    main(["predict", str(out), str(PHOTO)])
+    assert capsys.readouterr().out
+    # an existing folder: refused, or with --overwrite the earlier export's three files replaced, nothing else
+    one_line_error(capsys, ["export", pt, str(out), "--format", "hf"], "is a folder with files in it; --overwrite")
+    (out / "notes.txt").write_text("mine")
+    main(["export", str(ckpts["caffenet"]), str(out), "--format", "hf", "--overwrite"])
+    assert checkpoint.load(out)["network"].arch == "caffenet" and (out / "notes.txt").read_text() == "mine"
+    run = tmp_path / "run"  # a run folder has a config.json of its own
+    run.mkdir()
+    shutil.copy(pt, run / "last.pt")
+    (run / "config.json").write_text('{"data": null}')
+    one_line_error(capsys, ["export", pt, str(run), "--format", "hf", "--overwrite"],
+                   "holds files that are not an hf export's")
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "last.pt"]
+    one_line_error(capsys, ["export", pt, str(run / "config.json"), "--format", "hf"], "is a file; --format hf writes")
+
+
+def test_an_onnx_user_prepares_inputs_from_the_metadata_alone(ckpts, tmp_path):
+    """Only onnx, onnxruntime, numpy and PIL: the metadata's preprocessing steps, the mean image among them, give
+    the input the package gives, and the same logits."""
+    out, photo = tmp_path / "paper.onnx", tmp_path / "photo.png"
+    export(ckpts["paper"], out)
+    Image.open(PHOTO).convert("RGB").resize((300, 220)).save(photo)
+    code = f"""
+import base64, json, sys
+sys.modules["alexnet"] = None  # `import alexnet` fails from here on
+import numpy as np, onnx, onnxruntime
+from PIL import Image
+
+meta = json.loads(next(p.value for p in onnx.load({str(out)!r}).metadata_props if p.key == "alexnet.json"))
+x = Image.open({str(photo)!r}).convert("RGB")
+for step in meta["preprocessing"]["steps"]:
+    if step["op"] == "resize":
+        (w, h), side = x.size, step["shorter_side"]
+        x = np.asarray(x.resize((side, int(side * h / w)) if w <= h else (int(side * w / h), side), Image.BILINEAR))
+    elif step["op"] == "center_crop":
+        top, left = (x.shape[0] - step["size"]) // 2, (x.shape[1] - step["size"]) // 2
+        x = x[top:top + step["size"], left:left + step["size"]]
+    elif step["op"] == "subtract":
+        recipe = meta["network"]["recipe"]
+        x = x - np.frombuffer(base64.b64decode(recipe["mean"]), "<f4").reshape(recipe["mean_shape"])
+    elif step["op"] == "multiply":
+        x = x * np.float32(step["per_channel"])
+    elif step["op"] == "to_tensor":
+        x = np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)
+session = onnxruntime.InferenceSession({str(out)!r}, providers=["CPUExecutionProvider"])
+np.save("x.npy", x)
+np.save("logits.npy", session.run(["logits"], {{"images": x}})[0])
+"""
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    state = checkpoint.load(ckpts["paper"])
+    net = state["network"]
+    assert net.preprocessing()["mean_image"]  # a mean image that varies over the pixels, not one colour
+    x = center_crop(torch.from_numpy(preprocess(photo))[None], net.recipe, net.crop)
+    theirs = torch.from_numpy(np.load(tmp_path / "x.npy"))
+    assert theirs.shape == x.shape and (theirs - x).abs().max() <= 1  # PIL's resampling of a box or the whole
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(np.load(tmp_path / "logits.npy")), checkpoint.model_from(state)(x),
+                              atol=1e-3)
