@@ -28,7 +28,7 @@ from urllib.error import HTTPError
 
 from tqdm import tqdm
 
-from .errors import InputError
+from .errors import Failure, InputError
 from .options import argument, option
 
 BASE_URL_VARIABLE = "ALEXNET_DOWNLOAD_URL"
@@ -145,7 +145,7 @@ def fetch(archive: Archive, dst: Path, base_url: str | None = None, progress: bo
     _download(url, part, archive.size, progress)
     if not _matches(part, archive, progress):
         part.unlink()
-        raise InputError(f"{url} does not match its published {archive.checksum} {archive.digest}: removed {part}, "
+        raise Failure(f"{url} does not match its published {archive.checksum} {archive.digest}: removed {part}, "
                          f"nothing else in {dst} was touched")
     part.replace(path)
     return path
@@ -163,10 +163,10 @@ def _download(url: str, part: Path, size: int, progress: bool) -> None:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
             first, total = _response_range(response)
             if first not in (0, start):
-                raise InputError(f"{url} sent bytes from {first} on, not the {start} on asked for")
+                raise Failure(f"{url} sent bytes from {first} on, not the {start} on asked for")
             if total is not None and total != size:
                 part.unlink(missing_ok=True)
-                raise InputError(f"{url} has {total} bytes, not the published {size}: nothing of it was kept")
+                raise Failure(f"{url} has {total} bytes, not the published {size}: nothing of it was kept")
             start = first
             with open(part, "ab" if start else "wb") as f, tqdm(
                     total=size, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name,
@@ -176,10 +176,10 @@ def _download(url: str, part: Path, size: int, progress: bool) -> None:
                     bar.update(len(chunk))
     except (OSError, HTTPException) as err:  # URLError and a reset or timed-out connection are OSErrors
         reason = err if isinstance(err, HTTPError) else getattr(err, "reason", err)
-        raise InputError(f"could not download {url}: {reason}; run the same command again to continue") from None
+        raise Failure(f"could not download {url}: {reason}; run the same command again to continue") from None
     got = part.stat().st_size
     if got != size:
-        raise InputError(f"the connection to {url} ended after {got} of {size} bytes; run the same command again "
+        raise Failure(f"the connection to {url} ended after {got} of {size} bytes; run the same command again "
                          "to continue")
 
 

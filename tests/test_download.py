@@ -25,7 +25,7 @@ from alexnet import checkpoint, cli
 from alexnet import download as dl
 from alexnet.data.folders import imagenet_classes
 from alexnet.data.store import Store
-from alexnet.errors import InputError
+from alexnet.errors import Failure, InputError
 from alexnet.experiments import load_cifar
 
 WNIDS = ("n01440764", "n02102040")
@@ -145,7 +145,7 @@ def test_a_cut_connection_resumes_with_a_range_request(site, monkeypatch, tmp_pa
     publish(monkeypatch, site, "imagenette2-160", data)
     site.cut_after = CUT
     dst = tmp_path / "data"
-    with pytest.raises(InputError, match=f"ended after {CUT} of {len(data)} bytes; run the same command again"):
+    with pytest.raises(Failure, match=f"ended after {CUT} of {len(data)} bytes; run the same command again"):
         dl.download("imagenette2-160", dst, progress=False)
     assert tree(dst) == {"imagenette2-160.tgz.part": data[:CUT]}
     folder = dl.download("imagenette2-160", dst, progress=False)
@@ -180,7 +180,7 @@ def test_imagewoof_is_verified_by_its_published_md5(site, monkeypatch, tmp_path)
     assert tree(tmp_path / "ok") == {"imagewoof2-160.tgz": data, **files}
     wrong = hashlib.md5(data[:-1]).hexdigest()
     publish(monkeypatch, site, "imagewoof2-160", data, digest=wrong, algorithm="md5")
-    with pytest.raises(InputError, match=f"does not match its published MD5 {wrong}: removed"):
+    with pytest.raises(Failure, match=f"does not match its published MD5 {wrong}: removed"):
         dl.download("imagewoof2-160", tmp_path / "bad", progress=False)
     assert list((tmp_path / "bad").iterdir()) == []
 
@@ -191,7 +191,7 @@ def test_a_checksum_mismatch_removes_only_its_own_download(site, monkeypatch, tm
     dst = tmp_path / "data"
     users_files(dst)
     before = tree(tmp_path)
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(Failure) as caught:
         dl.download("imagenette2-160", dst, progress=False)
     message = str(caught.value)
     assert message == (f"{site.url}/imagenette2-160.tgz does not match its published SHA-256 "
@@ -320,7 +320,7 @@ def test_bad_input_is_refused_before_any_request(site, monkeypatch, tmp_path):
         dl.download("cifar10", tmp_path / "data", tmp_path / "store")
     assert site.ranges == [] and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
     monkeypatch.setitem(dl.ARCHIVES, "imagenette2-160", dl.Archive(f"{site.url}/gone.tgz", 10, "0" * 64, "imagenet"))
-    with pytest.raises(InputError, match=f"could not download {site.url}/gone.tgz: HTTP Error 404"):
+    with pytest.raises(Failure, match=f"could not download {site.url}/gone.tgz: HTTP Error 404"):
         dl.download("imagenette2-160", tmp_path / "data", progress=False)
 
 
@@ -339,26 +339,26 @@ def alexnet(site: Site, *args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-def test_cli_checksum_mismatch_is_one_line_and_status_2(site, tmp_path):
+def test_cli_checksum_mismatch_is_one_line_and_status_1(site, tmp_path):
     published = dl.ARCHIVES["imagenette2-160"]
     site.files["/imagenette2-160.tgz"] = bytes(published.size)  # the published size, other bytes
     dst = tmp_path / "data"
     users_files(dst)
     before = tree(dst)
     result = alexnet(site, "imagenette2-160", str(dst), "--no-progress")
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 1 and result.stdout == ""  # what came over the network: not the user's input
     assert result.stderr.splitlines() == [
-        f"alexnet download: error: {site.url}/imagenette2-160.tgz does not match its published SHA-256 "
+        f"alexnet download: failed: {site.url}/imagenette2-160.tgz does not match its published SHA-256 "
         f"{published.digest}: removed {dst / 'imagenette2-160.tgz.part'}, nothing else in {dst} was touched"]
     assert tree(dst) == before and site.ranges == [None]
 
 
-def test_cli_a_file_of_another_size_is_one_line_and_status_2(site, tmp_path):
+def test_cli_a_file_of_another_size_is_one_line_and_status_1(site, tmp_path):
     site.files["/cifar-10-python.tar.gz"] = cifar_archive(cifar_batches(np.random.default_rng(1)))
     result = alexnet(site, "cifar10", str(tmp_path / "cifar10"))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"alexnet download: error: {site.url}/cifar-10-python.tar.gz has {len(site.files['/cifar-10-python.tar.gz'])} "
+        f"alexnet download: failed: {site.url}/cifar-10-python.tar.gz has {len(site.files['/cifar-10-python.tar.gz'])} "
         "bytes, not the published 170498071: nothing of it was kept"]
     assert tree(tmp_path) == {}
 
