@@ -168,8 +168,8 @@ def test_eval_per_class_writes_the_counts_of_the_evaluated_probabilities_and_the
         store, checkpoints, tmp_path, capsys):
     paths, _ = checkpoints
     out = tmp_path / "per-class.csv"
-    report = json.loads(cli(capsys, "eval", *map(str, paths), "--data", str(store), "--json", "--per-class",
-                            str(out)))
+    report = json.loads(cli(capsys, "eval", *map(str, paths), "--data", str(store), "--precision", "fp32", "--json",
+                            "--per-class", str(out)))
     rows = list(csv.DictReader(out.open()))
     split = Store(store).split("val")
     # by hand: the ensemble's probabilities of every validation image, counted by class
@@ -201,7 +201,8 @@ def test_predict_csv_walks_folders_writes_a_row_per_image_and_a_rerun_continues_
     (photos / "a" / "broken.jpg").write_text("not a photo")
     (photos / "a" / "notes.txt").write_text("not an image's name")
     out = tmp_path / "out.csv"
-    argv = ["predict", str(paths[0]), str(photos), "--csv", str(out), "--batch-size", "2", "--crops", "1"]
+    argv = ["predict", str(paths[0]), str(photos), "--csv", str(out), "--batch-size", "2", "--crops", "1",
+            "--precision", "fp32"]
     assert "wrote 6 rows" in cli(capsys, *argv)
     whole = out.read_text()
     rows = list(csv.reader(whole.splitlines()))
@@ -211,7 +212,8 @@ def test_predict_csv_walks_folders_writes_a_row_per_image_and_a_rerun_continues_
     assert [row[0] for row in rows[1:]] == found  # every image once, the bad one too, and no other file
     broken = rows[1 + found.index(str(photos / "a" / "broken.jpg"))]
     assert broken[1:] == [""] * 8 + ["not an image"]
-    (entry,) = json.loads(cli(capsys, "predict", str(paths[0]), found[-1], "--crops", "1", "--json"))
+    (entry,) = json.loads(cli(capsys, "predict", str(paths[0]), found[-1], "--crops", "1", "--precision", "fp32",
+                              "--json"))
     assert rows[-1][1:3] == [entry["top5"][0]["class"], f"{entry['top5'][0]['probability']:.6f}"]
     lines = whole.splitlines(keepends=True)
     out.write_text("".join(lines[:-2]) + lines[-2][:len(lines[-2]) // 2])  # killed while it wrote a row
@@ -221,5 +223,6 @@ def test_predict_csv_walks_folders_writes_a_row_per_image_and_a_rerun_continues_
     assert "wrote 0 rows" in cli(capsys, *argv)
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n")
-    one_line_error(capsys, [*argv[:3], "--csv", str(other)], "not the CSV file of an `alexnet predict`")
+    one_line_error(capsys, [*argv[:3], "--csv", str(other), "--precision", "fp32"],
+                   "not the CSV file of an `alexnet predict`")
     assert other.read_text() == "a,b\n1,2\n"
