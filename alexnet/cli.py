@@ -78,26 +78,45 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import json
 
-    from .evaluate import evaluate_checkpoints
+    from .evaluate import evaluate_checkpoints, write_per_class
     from .runtime import tune_process
 
     tune_process(args.device)
     errors = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.crops, args.batch_size,
-                                  args.device, args.precision, progress=not args.json)
+                                  args.device, args.precision, progress=not args.json,
+                                  per_class=args.per_class is not None)
+    written = write_per_class(errors.per_class, args.per_class) if args.per_class else ()
     if args.json:
         print(json.dumps({"checkpoints": args.checkpoints, "crops": args.crops, "images": errors.count,
-                          "top1_error": errors.top1, "top5_error": errors.top5}))
+                          "top1_error": errors.top1, "top5_error": errors.top5,
+                          **({"per_class": str(written[0]), "confusion": str(written[1])} if written else {})}))
     else:
         members = "an ensemble of " + str(len(args.checkpoints)) if len(args.checkpoints) > 1 else "one network"
         print(f"{members}, {'ten crops' if args.crops == 10 else 'centre crop'}: {errors.line()}")
+        if written:
+            print(f"wrote {written[0]} (per class) and {written[1]} (confusion matrix)")
 
 
 def _predict(args: argparse.Namespace) -> None:
     import json
 
-    from .errors import printable
-    from .evaluate import predict, top5_records
+    from .errors import InputError, printable
+    from .evaluate import predict, predict_csv, top5_records
 
+    if args.csv:
+        if args.plot:
+            raise InputError("--plot draws the images it prints; with --csv nothing is printed")
+        written, before, unreadable = predict_csv(args.checkpoint, args.images, args.csv, args.crops, args.batch_size,
+                                                  args.device, args.precision,
+                                                  progress=not args.json and sys.stderr.isatty())
+        if args.json:
+            print(json.dumps({"csv": args.csv, "rows": before + written, "written": written,
+                              "unreadable": unreadable}))
+        else:
+            again = f" after the {before} there" if before else ""
+            bad = f", {unreadable} of them for images that could not be read" if unreadable else ""
+            print(f"wrote {written} rows to {printable(args.csv)}{again}{bad}")
+        return
     predictions = predict(args.checkpoint, args.images, args.crops, args.device, args.precision)
     if args.plot:
         from .figures import plot_predictions

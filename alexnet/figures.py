@@ -1,5 +1,6 @@
 """The paper's figures (§6.1): the first-layer kernels (Figure 3), top-5 predictions (Figure 4, left) and
-nearest neighbors in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py)."""
+nearest neighbors in fc7 space (Figure 4, right), drawn pixel for pixel (draw.py); and an evaluation's confusion
+matrix."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,8 @@ import torch
 
 from .draw import FONT, LINE, Canvas, Grid, center, fit, shown
 from .errors import InputError
-from .evaluate import PredictConfig, Predictions
+from .evaluate import PerClass, PredictConfig, Predictions
+from .files import atomic_write
 from .inference import load_network
 from .neighbors import Neighbors
 from .options import COUNT, SIZE, argument, option, png, up_to
@@ -59,10 +61,10 @@ def filter_grids(towers: list[int], columns: int, zoom: int, gap: int, margin: i
     return (top, width), blocks
 
 
-def plot_filters(path: str, out: str | Path = FiltersConfig.out, columns: int = FiltersConfig.columns,
-                 zoom: int = FiltersConfig.zoom, gap: int = FiltersConfig.gap) -> Path:
-    """`alexnet filters`: Figure 3, conv1's kernels as images, one labelled block per tower (§6.1)."""
-    towers = load_network(path, "cpu", "fp32").model.conv1_towers()
+def filters_canvas(towers: list[torch.Tensor], columns: int = FiltersConfig.columns, zoom: int = FiltersConfig.zoom,
+                   gap: int = FiltersConfig.gap) -> Canvas:
+    """Figure 3 of conv1's kernels, one (kernels, 3, h, w) block per tower: its pixels are the kernels without the
+    labels, which saving it adds."""
     (height, width), blocks = filter_grids([len(t) for t in towers], columns, zoom, gap)
     canvas = Canvas(height, width)
     margin = 8
@@ -77,7 +79,13 @@ def plot_filters(path: str, out: str | Path = FiltersConfig.out, columns: int = 
         for i, kernel in enumerate(kernels):
             y, x = grid.origin(i // grid.columns, i % grid.columns)
             canvas.paste(top + y, margin + x, kernel_pixels(kernel, zoom * 11 // size))
-    return canvas.save(out)
+    return canvas
+
+
+def plot_filters(path: str, out: str | Path = FiltersConfig.out, columns: int = FiltersConfig.columns,
+                 zoom: int = FiltersConfig.zoom, gap: int = FiltersConfig.gap) -> Path:
+    """`alexnet filters`: Figure 3, conv1's kernels as images, one labelled block per tower (§6.1)."""
+    return filters_canvas(load_network(path, "cpu", "fp32").model.conv1_towers(), columns, zoom, gap).save(out)
 
 
 # ------------------------------------------------------------------------------------- Figure 4, left
@@ -158,3 +166,47 @@ def plot_neighbors(found: Neighbors, out: str | Path) -> Path:
             canvas.text(top + crop + 2, left, fit(f.names[f.labels[row]], crop), color=CORRECT if same else "k")
             canvas.text(top + crop + 2 + LINE, left, fit(f"#{n}  distance {d:.4g}", crop), color="0.3")
     return canvas.save(out)
+
+
+# -------------------------------------------------------------------------------------- confusion matrix
+
+
+NAMED = 100  # classes up to which the confusion matrix names each one (beyond: indices every so often)
+NAME_CHARS = 24  # a class name's characters on an axis, at most
+
+
+def plot_confusion(per_class: PerClass, out: str | Path) -> Path:
+    """The confusion matrix of an evaluation's top-1 classes as a PNG: each row the fraction of a true class's
+    images predicted as each class, the classes named on both axes up to NAMED of them (counts in the cells up
+    to 20)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = per_class.confusion
+    n = len(counts)
+    images = counts.sum(1, keepdims=True)
+    fractions = counts / np.maximum(images, 1)
+    side = min(20.0, max(4.0, 0.13 * n))  # inches of matrix: about 13 pixels a class at 100 classes
+    named = n <= NAMED
+    font = max(4.0, min(9.0, 500 / n))
+    margin = 0.06 * NAME_CHARS * font / 8 + 0.5 if named else 0.8  # inches for the names beside the axes
+    fig = Figure(figsize=(side + margin + 1.5, side + margin + 0.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    shown = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    if named:
+        names = [fit(name, NAME_CHARS * 6) for name in per_class.names]
+        ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+        ax.set_yticks(range(n), names, fontsize=font)
+    if n <= 20:
+        for (true, predicted), c in np.ndenumerate(counts):
+            if c:
+                ax.text(predicted, true, str(c), ha="center", va="center", fontsize=font,
+                        color="white" if fractions[true, predicted] > 0.5 else "black")
+    right = int(np.trace(counts))
+    ax.set(xlabel="predicted class (top-1)", ylabel="true class",
+           title=f"confusion matrix: {int(images.sum())} images, {right} right (top-1)")
+    fig.colorbar(shown, ax=ax, fraction=0.04, pad=0.02, label="fraction of the true class's images")
+    fig.tight_layout()
+    atomic_write(out, lambda f: fig.savefig(f, format="png"))
+    return Path(out)

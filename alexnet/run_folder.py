@@ -2,7 +2,8 @@
 
     config.json     the resolved configuration, written when the run starts
     metrics.jsonl   one row per epoch (JSON lines), and metrics.csv, the same as a table
-    tb/             TensorBoard events of the same numbers
+    tb/             TensorBoard events: the same numbers, the loss and learning rate every few steps, the
+                    hyperparameters, and conv1's kernels each epoch
     curves.png      loss and top-1/top-5 error against epochs
     last.pt         the checkpoint of every epoch, and of every `save_every` minutes within one
     best.pt         the checkpoint of the lowest validation top-1 error (the same file as a last.pt)
@@ -57,12 +58,28 @@ class RunFolder:
             self.tb = SummaryWriter(str(path / EVENTS))
 
     def write_config(self, config: dict) -> None:
-        """Write config.json, once, as the run starts."""
-        if self.active:
-            write_json(self.path / CONFIG, config)
+        """Write config.json, once, as the run starts, and give TensorBoard the configuration as hyperparameters
+        (against the validation errors of every epoch) and as text."""
+        if not self.active:
+            return
+        from torch.utils.tensorboard.summary import hparams
 
-    def log_epoch(self, row: dict) -> None:
-        """Append one epoch's metrics everywhere and redraw the plot."""
+        write_json(self.path / CONFIG, config)
+        values = {k: v if isinstance(v, int | float | str) else json.dumps(v) for k, v in config.items()}
+        for summary in hparams(values, {"val_top1": math.nan, "val_top5": math.nan}):
+            self.tb.file_writer.add_summary(summary)
+        self.tb.add_text("config", "    " + json.dumps(config, indent=1).replace("\n", "\n    "))  # as code
+        self.tb.flush()
+
+    def log_step(self, step: int, loss: float, lr: float) -> None:
+        """The training loss (the mean since the last call) and learning rate at a step, counted over the run."""
+        if self.active:
+            self.tb.add_scalar("step/train_loss", loss, step)
+            self.tb.add_scalar("step/lr", lr, step)
+
+    def log_epoch(self, row: dict, conv1: list | None = None) -> None:
+        """Append one epoch's metrics everywhere and redraw the plot; `conv1`'s kernels (one block per tower, see
+        figures.filters_canvas) to TensorBoard as an image."""
         if not self.active:
             return
         rows = [*read_metrics(self.path / METRICS), row]
@@ -75,6 +92,10 @@ class RunFolder:
         for key, value in row.items():
             if key != "epoch" and isinstance(value, float) and math.isfinite(value):
                 self.tb.add_scalar(key, value, row["epoch"])
+        if conv1 is not None:
+            from .figures import filters_canvas
+
+            self.tb.add_image("conv1", filters_canvas(conv1).pixels, row["epoch"], dataformats="HWC")
         self.tb.flush()
         plot_curves(rows, self.path / CURVES)
 

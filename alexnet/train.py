@@ -332,7 +332,7 @@ class Trainer:
             while not self.done():
                 self.measured = None  # the weights change
                 started, first = time.monotonic(), self.sums[0]
-                lr = self.train_epoch(net)
+                lr = self.train_epoch(net, folder)
                 if self.step < len(data.train):  # stopped by --max-steps within the epoch
                     self.save()
                     break
@@ -350,7 +350,8 @@ class Trainer:
                                  "top1_error": val.top1, "top5_error": val.top5}
                 self.epoch, self.step, self.sums = self.epoch + 1, 0, [0, 0.0, 0.0]
                 self.save(best=improved)
-                folder.log_epoch(row)
+                # a process of --parallel towers holds half of conv1's kernels: none drawn
+                folder.log_epoch(row, None if self.pair else self.model.conv1_towers())
                 if not self.planned:  # an epoch's time includes its checkpoints and plots (a second or two)
                     self.plan(time.monotonic() - started, validation_seconds)
                     if self.done():  # last.pt was saved before the plan
@@ -365,8 +366,9 @@ class Trainer:
             folder.close()
         return self.run_path
 
-    def train_epoch(self, net: torch.nn.Module) -> float:
-        """The steps of the current epoch from the current step on; returns the last learning rate."""
+    def train_epoch(self, net: torch.nn.Module, folder: run_folder.RunFolder) -> float:
+        """The steps of the current epoch from the current step on, the loss and learning rate to TensorBoard
+        about every READ_EVERY steps; returns the last learning rate."""
         from tqdm import tqdm
 
         cfg, data = self.cfg, self.data
@@ -379,6 +381,7 @@ class Trainer:
         # fired (DeadGuard)
         unread = torch.zeros(5, dtype=torch.float64, device=self.device)
         steps = 0  # in `unread`
+        logged = self.sums[:2]  # images and summed loss at the last step given to TensorBoard
         bar = tqdm(total=len(data.train), initial=self.step, desc=f"epoch {self.epoch + 1}/"
                    f"{self.epochs if self.planned else '?'}",
                    unit="batch", disable=not cfg.progress or self.rank != 0, leave=False, dynamic_ncols=True)
@@ -412,6 +415,10 @@ class Trainer:
             if steps < read_every and self.step < len(data.train) and not self.done():
                 continue
             loss_value = self._read(unread, steps)
+            if self.total_steps // READ_EVERY > (self.total_steps - steps) // READ_EVERY \
+                    or self.step == len(data.train):
+                folder.log_step(self.total_steps, (self.sums[1] - logged[1]) / (self.sums[0] - logged[0]), lr)
+                logged = self.sums[:2]
             rate = (self.sums[0] - first) / max(time.monotonic() - started, 1e-9)
             bar.set_postfix_str(f"loss {loss_value:.3f}, lr {lr:.2g}, {rate:.0f} img/s")
             bar.update(steps)

@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import json
 import os
@@ -10,13 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import one_line_error, photo_store
+from PIL import Image
 
 from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.config import TrainConfig
 from alexnet.data.augment import center_crop, ten_crop
 from alexnet.data.store import Store
-from alexnet.evaluate import Errors, evaluate, probabilities, wrong
+from alexnet.evaluate import Errors, PerClass, evaluate, probabilities, wrong
 from alexnet.inference import load_networks
 from alexnet.train import Trainer, open_data
 
@@ -130,7 +132,8 @@ def test_bad_inputs_are_one_line_errors(store, checkpoints, tmp_path, capsys):
     junk.write_text("not a photo")
     one_line_error(capsys, ["predict", str(paths[0]), str(junk)], "junk.JPEG")
     one_line_error(capsys, ["predict", str(paths[0]), str(tmp_path / "nope.jpg")], "nope.jpg: no such file")
-    one_line_error(capsys, ["predict", str(paths[0]), str(tmp_path)], f"{tmp_path}: a folder, not an image")
+    (tmp_path / "empty").mkdir()
+    one_line_error(capsys, ["predict", str(paths[0]), str(tmp_path / "empty")], "empty: no image files in this folder")
     # the same through `python -m alexnet`, in a process of its own
     argv = ["eval", str(tmp_path / "missing.pt"), "--data", str(store)]
     result = subprocess.run([sys.executable, "-m", "alexnet", *argv], capture_output=True, text=True, timeout=300)
@@ -148,3 +151,78 @@ def test_a_reader_that_goes_away_stops_predict_quietly(store, checkpoints):
     errors = proc.stderr.read()
     proc.stderr.close()
     assert proc.wait(timeout=300) == 1 and errors == "", errors
+
+
+def test_per_class_counts_agree_with_a_hand_count():
+    # 3 classes; rows: the true class, columns: the top-1 class
+    counts = PerClass(["a", "b", "c"], ["ant", "bee", "cat"], np.array([[3, 1, 0], [0, 2, 2], [0, 0, 0]]),
+                      np.array([0, 1, 0]))
+    a, b, c = counts.rows()
+    assert (a["images"], a["predicted"], a["precision"], a["recall"], a["top1_error"], a["top5_error"]) == \
+        (4, 3, 1.0, 0.75, 0.25, 0.0)
+    assert (b["precision"], b["recall"], b["top1_error"], b["top5_error"]) == (2 / 3, 0.5, 0.5, 0.25)
+    assert (c["images"], c["predicted"], c["precision"], c["recall"], c["top5_error"]) == (0, 2, 0.0, None, None)
+
+
+def test_eval_per_class_writes_the_counts_of_the_evaluated_probabilities_and_the_confusion_matrix(
+        store, checkpoints, tmp_path, capsys):
+    paths, _ = checkpoints
+    out = tmp_path / "per-class.csv"
+    report = json.loads(cli(capsys, "eval", *map(str, paths), "--data", str(store), "--precision", "fp32", "--json",
+                            "--per-class", str(out)))
+    rows = list(csv.DictReader(out.open()))
+    split = Store(store).split("val")
+    # by hand: the ensemble's probabilities of every validation image, counted by class
+    probs = probabilities(members(paths), torch.from_numpy(split.read(np.arange(len(split)))))
+    labels, top = split.labels, probs.topk(4, dim=1).indices.numpy()
+    names = checkpoint.load(paths[0])["network"].names
+    for c, row in enumerate(rows):
+        mine, called = labels == c, top[:, 0] == c
+        assert (row["index"], row["name"], row["images"], row["predicted"]) == \
+            (str(c), names[c], str(mine.sum()), str(called.sum()))
+        assert float(row["recall"]) == pytest.approx((mine & called).sum() / mine.sum(), abs=1e-6)
+        assert row["precision"] == "" if not called.any() else \
+            float(row["precision"]) == pytest.approx((mine & called).sum() / called.sum(), abs=1e-6)
+        assert float(row["top5_error"]) == 0  # 4 classes: every label is in the top 5
+    assert sum((1 - float(r["recall"])) * int(r["images"]) for r in rows) / 20 == pytest.approx(report["top1_error"])
+    assert report["confusion"] == str(out.with_suffix(".png"))
+    assert Image.open(report["confusion"]).size[0] > 300
+    one_line_error(capsys, ["eval", str(paths[0]), "--per-class", str(tmp_path / "table.txt")], "ending in .csv")
+
+
+def test_predict_csv_walks_folders_writes_a_row_per_image_and_a_rerun_continues_a_torn_file(
+        store, checkpoints, tmp_path, capsys):
+    paths, _ = checkpoints
+    files = Store(store).split("val").files
+    photos = tmp_path / "photos"
+    for i, where in enumerate(["", "a", "a/b", "a/b", "c"]):
+        (photos / where).mkdir(parents=True, exist_ok=True)
+        shutil.copy(files[i], photos / where / f"{i}.jpg")
+    (photos / "a" / "broken.jpg").write_text("not a photo")
+    (photos / "a" / "notes.txt").write_text("not an image's name")
+    out = tmp_path / "out.csv"
+    argv = ["predict", str(paths[0]), str(photos), "--csv", str(out), "--batch-size", "2", "--crops", "1",
+            "--precision", "fp32"]
+    assert "wrote 6 rows" in cli(capsys, *argv)
+    whole = out.read_text()
+    rows = list(csv.reader(whole.splitlines()))
+    assert rows[0] == ["file", "class_1", "probability_1", "class_2", "probability_2", "class_3", "probability_3",
+                       "class_4", "probability_4", "error"]
+    found = sorted(str(p) for p in photos.rglob("*.jpg"))
+    assert [row[0] for row in rows[1:]] == found  # every image once, the bad one too, and no other file
+    broken = rows[1 + found.index(str(photos / "a" / "broken.jpg"))]
+    assert broken[1:] == [""] * 8 + ["not an image"]
+    (entry,) = json.loads(cli(capsys, "predict", str(paths[0]), found[-1], "--crops", "1", "--precision", "fp32",
+                              "--json"))
+    assert rows[-1][1:3] == [entry["top5"][0]["class"], f"{entry['top5'][0]['probability']:.6f}"]
+    lines = whole.splitlines(keepends=True)
+    out.write_text("".join(lines[:-2]) + lines[-2][:len(lines[-2]) // 2])  # killed while it wrote a row
+    assert "wrote 2 rows to" in cli(capsys, *argv)  # the torn row again, then the last
+    again = list(csv.reader(out.read_text().splitlines()))
+    assert [row[0] for row in again] == [row[0] for row in rows] and [r[1::2] for r in again] == [r[1::2] for r in rows]
+    assert "wrote 0 rows" in cli(capsys, *argv)
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    one_line_error(capsys, [*argv[:3], "--csv", str(other), "--precision", "fp32"],
+                   "not the CSV file of an `alexnet predict`")
+    assert other.read_text() == "a,b\n1,2\n"

@@ -494,3 +494,21 @@ def test_a_folder_without_val_trains_with_a_held_out_share_that_eval_finds_again
     capsys.readouterr()
     main(["eval", str(tmp_path / "held" / "last.pt"), "--json"])  # the data set and its share, as recorded
     assert json.loads(capsys.readouterr().out)["images"] == 24  # a quarter of each class's 24 photos
+
+
+def test_tensorboard_gets_the_steps_loss_and_rate_the_hyperparameters_and_conv1_each_epoch(small, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # 96 images in batches of 4: 24 steps, so the step scalars come at step 20 and at the epoch's end
+    run_dir = train(config(small, tmp_path, epochs=1, batch_size=4, width=0.25, crop=64))
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert [e.step for e in events.Scalars("step/train_loss")] == [20, 24]
+    assert [e.value for e in events.Scalars("step/lr")] == pytest.approx([0.01, 0.01])
+    # the mean of the logged steps' losses, weighted by their steps, is the epoch's training loss
+    losses = [e.value for e in events.Scalars("step/train_loss")]
+    assert (20 * losses[0] + 4 * losses[1]) / 24 == pytest.approx(metrics(run_dir)[0]["train_loss"], rel=1e-5)
+    (image,) = events.Images("conv1")
+    assert image.step == 1 and image.width > 100 and image.height > 50
+    assert "config/text_summary" in tags["tensors"] and "_hparams_/experiment" in events.summary_metadata
