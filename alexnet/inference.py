@@ -179,6 +179,8 @@ def network(state: dict, device: str = "auto", precision: str = "auto", batch: i
     """The network of a loaded checkpoint (checkpoint.load), ready to run; "auto" precision on a CPU is the
     faster for inference on batches of `batch` images with this network on this machine
     (runtime.choose_precision): which one is can depend on the batch (bf16 gains more from larger ones)."""
+    if batch < 1:
+        raise InputError(f"the batch size must be positive, got {batch}")
     dev = choose_device(device)
     info = {k: state[k] for k in checkpoint.INFO if k in state}
     net = ready(checkpoint.model_from(state), state["network"], info, dev, "fp32")

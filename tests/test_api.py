@@ -128,6 +128,11 @@ def test_bad_images_are_one_line_input_errors(net, images, crops, says):
         net.predict(images, crops=crops)
 
 
+def test_a_batch_of_no_images_is_refused(saved):
+    with pytest.raises(alexnet.InputError, match="the batch size must be positive, got 0"):
+        alexnet.load(saved, device="cpu", precision="fp32", batch=0)
+
+
 def test_a_store_split_is_a_torch_dataset(store, net):
     split = store.split("train")
     assert isinstance(split, torch.utils.data.Dataset) and len(split) == 12
