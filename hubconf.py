@@ -1,5 +1,7 @@
-"""torch.hub entry point: torch.hub.load("OWNER/alexnet", "alexnet", weights=PATH), or with the repository
-checked out, torch.hub.load(REPO_DIR, "alexnet", source="local", weights=PATH)."""
+"""torch.hub entry point. From a clone of this repository: torch.hub.load(CLONE_DIR, "alexnet", source="local",
+weights=PATH); from GitHub, its "owner/name" (where it is published; the package names no home page) in place of
+CLONE_DIR, without `source`. Within Python, alexnet.load(PATH) gives the network with its preprocessing and class
+names (docs/api.md)."""
 
 from torch import nn
 

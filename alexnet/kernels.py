@@ -21,6 +21,7 @@ from types import ModuleType
 import torch
 
 SOURCES = ("bindings.cpp", "lrn.cpp", "augment.cpp", "stats.cpp")
+log = logging.getLogger(__name__)
 
 
 def is_x86() -> bool:
@@ -67,11 +68,22 @@ def cpu_kernels() -> ModuleType | None:
     """The compiled module (about a minute on 2 cores the first time, then cached); None where it cannot be built.
 
     Without it everything still works, through plain PyTorch ops, only slower. ALEXNET_KERNELS=0
-    turns it off.
+    turns it off. A build (not a cached load) is announced first, in one line on the "alexnet.kernels" logger at level
+    WARNING, which Python shows on stderr where the program configures no logging.
     """
     if os.environ.get("ALEXNET_KERNELS", "1") == "0":
         return None
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" noise
+    noise = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime": quiet while it builds or loads
+    level = noise.level
+    noise.setLevel(logging.ERROR)
+    try:
+        return _build()
+    finally:
+        noise.setLevel(level)
+
+
+def _build() -> ModuleType | None:
+    """The compiled module, built where this machine has none yet; None where it cannot be built."""
     from torch.utils.cpp_extension import load
 
     target = target_flags()
@@ -88,9 +100,11 @@ def cpu_kernels() -> ModuleType | None:
         name = build_key({str(p): p.read_bytes() for p in sources}, flags, macros)
         root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
         (root / name).mkdir(parents=True, exist_ok=True)
+        if not (root / name / f"{name}.so").is_file():
+            log.warning("building alexnet's C++ kernels for this machine (about a minute, once) ...")
         return load(name, [str(p) for p in sources], extra_cflags=flags + threads, extra_ldflags=threads,
                     build_directory=str(root / name), verbose=False)
     except Exception as err:  # no compiler, no ninja, an unusual platform, a target above this CPU
         warnings.warn(f"CPU kernels not built ({type(err).__name__}: {str(err)[:200]}); "
-                      "using plain PyTorch ops, which are slower", stacklevel=2)
+                      "using plain PyTorch ops, which are slower", stacklevel=3)
         return None

@@ -388,8 +388,16 @@ def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 def preprocess(path: str | Path | BinaryIO, size: int = SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode, rescale so the shorter side is `size`, crop the central size×size: uint8 array (size, size, 3).
     `path` may be an open binary file (an upload): its errors name it by its `name` attribute."""
+    im, whole = _decode(Path(path) if isinstance(path, str) else path, max_pixels, draft_side=size)
+    return square(im, size, whole)
+
+
+def square(im: Image.Image, size: int = SIDE, whole: tuple[float, float] | None = None) -> np.ndarray:
+    """A decoded image (any mode) rescaled so the shorter side is `size`, its central size×size kept: uint8 array
+    (size, size, 3). `whole` is the whole picture's (width, height) in `im`'s pixels (default: its size)."""
     # §2 (docs/paper.md#preprocessing): rescale the shorter side to SIDE, then crop out the central square patch.
-    im, (w, h) = _decode(Path(path) if isinstance(path, str) else path, max_pixels, draft_side=size)
+    im = _eight_bit(im)
+    w, h = whole or im.size
     rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     left, top = (rw - size) // 2, (rh - size) // 2
     # Resampling only the crop's box computes exactly the crop's pixels of the whole resized image.

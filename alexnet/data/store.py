@@ -300,19 +300,39 @@ def _write_statistics(dst: Path, stats: PixelStats) -> None:
 
 
 @dataclass
-class StoreSplit(Split):
+class StoreSplit(Split, torch.utils.data.Dataset):
     """One split of a store: its images as memory maps, with labels, classes and source files; its batches
-    are read ahead by a background thread (memory-map copies release the GIL)."""
+    are read ahead by a background thread (memory-map copies release the GIL). As a torch Dataset, item i is
+    (image, label): the image a uint8 (3, side, side) tensor after §2's preprocessing (torchvision.io's layout),
+    or what `transform` makes of that tensor."""
 
     shards: list[np.ndarray]
     labels: np.ndarray
     files: list[str]
     classes: list[str]
     names: list[str]
+    transform: Callable[[torch.Tensor], object] | None = None
 
     def __post_init__(self):
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self.side = self.shards[0].shape[1]
+
+    def __getitem__(self, i: int) -> tuple[object, int]:
+        """Image i, as a uint8 (3, side, side) tensor or what `transform` makes of it, and its label."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"image {i} of a split of {len(self)}")
+        i %= len(self)
+        image = torch.from_numpy(self.read(np.array([i]))[0]).permute(2, 0, 1)
+        return (image if self.transform is None else self.transform(image)), int(self.labels[i])
+
+    def __getstate__(self) -> dict:
+        """Its memory maps as their files' paths: a DataLoader's worker processes map them again, rather than
+        receive every image through a pipe."""
+        return {**self.__dict__, "shards": [s.filename if isinstance(s, np.memmap) else s for s in self.shards]}
+
+    def __setstate__(self, state: dict) -> None:
+        shards = [s if isinstance(s, np.ndarray) else np.load(s, mmap_mode="r") for s in state["shards"]]
+        self.__dict__.update(state, shards=shards)
 
     def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The images at `indices` (any order), uint8 (len, 256, 256, 3), into `out` if given."""
@@ -378,15 +398,16 @@ class Store:
         self.plan = json.loads((self.path / "plan.json").read_text())
         self.splits = list(self.plan["splits"])
 
-    def split(self, name: str) -> StoreSplit:
-        """The split `name` ("train" or "val")."""
+    def split(self, name: str, transform: Callable[[torch.Tensor], object] | None = None) -> StoreSplit:
+        """The split `name` ("train" or "val"); as a torch Dataset, its images go through `transform` (see
+        StoreSplit)."""
         if name not in self.splits:
             raise InputError(f"{self.path} has no {name} split (it has: {', '.join(self.splits)})")
         folder, part = self.path / name, self.plan["splits"][name]
         shards = [np.load(p, mmap_mode="r") for p in sorted(folder.glob("images-*.npy"))]
         shards = [s for s in shards if len(s)] or shards[:1]
         files = read_json(folder / "files.json")
-        return StoreSplit(shards, np.load(folder / "labels.npy"), files, part["classes"], part["names"])
+        return StoreSplit(shards, np.load(folder / "labels.npy"), files, part["classes"], part["names"], transform)
 
     def recipe(self) -> Recipe:
         """The training split's mean image and RGB principal components, as `prepare` computed them."""
