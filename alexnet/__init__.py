@@ -6,17 +6,9 @@ imported when first used, so that `import alexnet` (and the command line's start
 """
 
 import importlib
-import sys
-import types
-import typing
 
 from .model import ARCHS
 from .record import NetworkRecord, build_model
-
-if typing.TYPE_CHECKING:  # names for the type hints only: the package's namespace holds only __all__
-    from pathlib import Path
-
-    from .config import TrainConfig
 
 __all__ = ["ARCHS", "InputError", "Network", "NetworkRecord", "Store", "TrainConfig", "build_model", "load",
            "prepare", "train"]
@@ -25,32 +17,12 @@ __version__ = "0.1.0"
 # public name -> (module, its name there), imported on first use
 _LAZY = {"load": ("inference", "load_network"), "Network": ("inference", "Network"),
          "TrainConfig": ("config", "TrainConfig"), "Store": ("data.store", "Store"),
-         "prepare": ("data.store", "prepare"), "InputError": ("errors", "InputError")}
-
-
-class _Training(types.ModuleType):
-    """The module alexnet.train, which `alexnet.train(cfg)` also calls: its function train(cfg)."""
-
-    def __call__(self, cfg: "TrainConfig") -> "Path":
-        """Train with the command line's configuration; returns the run folder (see alexnet.train.train)."""
-        return self.train(cfg)
-
-
-class _Package(types.ModuleType):
-    """This package: where Python binds its submodule train (on any import of it), the module is made callable."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "train" and isinstance(value, types.ModuleType):
-            value.__class__ = _Training
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+         "prepare": ("data.store", "prepare"), "InputError": ("errors", "InputError"),
+         "train": ("training", "train")}
 
 
 def __getattr__(name: str) -> object:
-    if name == "train":
-        return importlib.import_module(".train", __name__)
+    """A public name of the API, imported from its module on first use."""
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, attribute = _LAZY[name]
@@ -58,4 +30,5 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
+    """The package's names, those imported on first use included."""
     return sorted({*globals(), *__all__})

@@ -45,7 +45,7 @@ from .report import error_curves, out_folder, results_text
 from .run_folder import LAST, METRICS
 from .runtime import PRECISIONS, machine
 from .spread import paired, spread
-from .train import train
+from .training import train
 
 SCALES = {  # the settings that --full changes: the default CPU scale, and the paper's
     "cpu": {"width": 0.25, "crop": 67, "epochs": 12},

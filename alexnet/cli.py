@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
     from .options import from_args
     from .run_folder import CONFIG
     from .runtime import tune_process
-    from .train import train
+    from .training import train
 
     cfg = from_args(TrainConfig, args)
     tune_process(cfg.device)

@@ -49,7 +49,7 @@ def make_checkpoint(folder: Path) -> Path:
     """A freshly initialized `paper` network for the built-in photos, saved as a checkpoint in `folder`."""
     from alexnet import checkpoint
     from alexnet.config import TrainConfig
-    from alexnet.train import Trainer, open_data
+    from alexnet.training import Trainer, open_data
 
     cfg = TrainConfig(data=None, epochs=1, progress=False)
     checkpoint.save(folder / "net.pt", Trainer(cfg, open_data(cfg), folder).snapshot())

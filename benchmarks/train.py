@@ -88,7 +88,7 @@ def ours(store: Path, steps: int, device: str, precision: str, compute_only: boo
     """Step times of `alexnet train`'s loop on the store (or on one fixed batch)."""
     import torch
 
-    import alexnet.train as training
+    import alexnet.training as training
     from alexnet.config import TrainConfig
     from alexnet.runtime import tune_process
 

@@ -26,7 +26,7 @@ from alexnet.figures import BARS, CAPTION
 from alexnet.inference import load_network
 from alexnet.neighbors import nearest, open_features
 from alexnet.serve import Predictor, make_app
-from alexnet.train import Trainer, open_data
+from alexnet.training import Trainer, open_data
 
 RED = (230, 85, 13)  # figures.CORRECT, #e6550d
 WHITE = (255, 255, 255)

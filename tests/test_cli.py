@@ -41,7 +41,7 @@ def test_bad_image_size_is_one_line_error():
 
 # what `alexnet --help` and `alexnet summary` must not load: the modules of other commands and what they bring
 UNNEEDED = ("fastapi", "onnx", "onnxscript", "onnxruntime", "matplotlib", "tensorboard", "scipy", "alexnet.serve",
-            "alexnet.export", "alexnet.download", "alexnet.experiments", "alexnet.ablations", "alexnet.train")
+            "alexnet.export", "alexnet.download", "alexnet.experiments", "alexnet.ablations", "alexnet.training")
 LOADED = """
 import contextlib, sys
 from alexnet import cli

@@ -13,7 +13,7 @@ from alexnet.config import TrainConfig
 from alexnet.data.augment import ten_crop, train_batch
 from alexnet.data.stats import Recipe
 from alexnet.record import NetworkRecord, build_model
-from alexnet.train import train
+from alexnet.training import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 

@@ -20,7 +20,7 @@ from alexnet.data.augment import center_crop, ten_crop
 from alexnet.data.store import Store
 from alexnet.evaluate import Errors, PerClass, evaluate, probabilities, wrong
 from alexnet.inference import load_networks
-from alexnet.train import Trainer, open_data
+from alexnet.training import Trainer, open_data
 
 
 @pytest.fixture(scope="module")

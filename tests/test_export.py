@@ -33,7 +33,7 @@ from alexnet.lrn import FORMULAS
 from alexnet.model import ARCHS, architecture_lrn
 from alexnet.neighbors import find_neighbors
 from alexnet.record import build_model
-from alexnet.train import Trainer, open_data
+from alexnet.training import Trainer, open_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = sorted((DEFAULT_DATA / "val").glob("*/*"))[0]

@@ -3,7 +3,7 @@ import torch
 
 from alexnet.config import TrainConfig, fill_defaults
 from alexnet.optim import PaperSGD, Schedule, build_optimizer
-from alexnet.train import schedule_of
+from alexnet.training import schedule_of
 
 
 def schedule(kind: str, steps_per_epoch: int = 1, **settings) -> Schedule:

@@ -40,7 +40,7 @@ from alexnet.evaluate import predict
 from alexnet.features import extract_features
 from alexnet.neighbors import find_neighbors, open_features
 from alexnet.serve import DECODE_MEMORY, Job, Predictor, ServeConfig, decoders, make_app, validation
-from alexnet.train import Trainer, open_data
+from alexnet.training import Trainer, open_data
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 LOCAL = "http://127.0.0.1:8000"  # a Host the server answers to

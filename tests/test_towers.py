@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import photo_store
 
-import alexnet.train
+import alexnet.training
 from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.config import TrainConfig
@@ -23,7 +23,7 @@ from alexnet.errors import InputError
 from alexnet.optim import PaperSGD
 from alexnet.record import NetworkRecord, build_model
 from alexnet.towers import Pair, Tower, place
-from alexnet.train import train
+from alexnet.training import train
 
 CLASSES = 7  # odd: tower 0 holds 4 of fc8's outputs, tower 1 three
 
@@ -117,7 +117,7 @@ def config(store: Path, tmp_path: Path, **kw) -> TrainConfig:
 
 def recording(path: Path):
     """Trainer._read (called once a step on the CPU), appending each step's mean loss to `path`, a JSON list."""
-    read = alexnet.train.Trainer._read
+    read = alexnet.training.Trainer._read
 
     def recorded(self, unread, steps):
         loss = read(self, unread, steps)
@@ -133,7 +133,7 @@ def run_worker(rank: int, world: int, port: int, cfg: TrainConfig, losses: Path)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    alexnet.train.Trainer._read = recording(losses)
+    alexnet.training.Trainer._read = recording(losses)
     train(cfg)
 
 
@@ -143,7 +143,7 @@ def towers(cfg: TrainConfig, losses: Path) -> None:
 
 def test_a_pair_trains_as_one_process_step_by_step_and_either_resumes_the_other(store, tmp_path, monkeypatch):
     # 3 steps of 32 (the epoch, and its validation), dropout on
-    monkeypatch.setattr(alexnet.train.Trainer, "_read", recording(tmp_path / "one.json"))
+    monkeypatch.setattr(alexnet.training.Trainer, "_read", recording(tmp_path / "one.json"))
     # every step clipped (the gradient is longer than 0.5): a pair scales by the whole network's norm
     train(config(store, tmp_path, name="one", clip=0.5))
     towers(config(store, tmp_path, name="towers", parallel="towers", clip=0.5), tmp_path / "towers.json")

@@ -18,7 +18,7 @@ import alexnet.cli
 import alexnet.config
 import alexnet.few_classes
 import alexnet.files
-import alexnet.train
+import alexnet.training
 from alexnet import checkpoint
 from alexnet.cli import main
 from alexnet.config import TrainConfig
@@ -26,7 +26,7 @@ from alexnet.data.store import prepare
 from alexnet.divergence import DeadGuard, DivergedError
 from alexnet.errors import InputError
 from alexnet.record import NetworkRecord, build_model
-from alexnet.train import train
+from alexnet.training import train
 
 
 def alexnet_cmd(*args: str, world: int = 1) -> list[str]:
@@ -141,14 +141,14 @@ def test_two_processes_with_64_each_equal_one_with_128(small, tmp_path):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = alexnet.train.F.cross_entropy
+    real = alexnet.training.F.cross_entropy
 
     def poisoned(logits, labels):
         calls["n"] += 1
         loss = real(logits, labels)
         return loss * float("nan") if calls["n"] > 8 else loss  # epoch 1 has 6 steps; epoch 2 goes bad
 
-    monkeypatch.setattr(alexnet.train.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(alexnet.training.F, "cross_entropy", poisoned)
     with pytest.raises(DivergedError, match="epoch 2, step 3.*last.pt"):
         train(config(small, tmp_path, epochs=3, width=0.25, crop=64))
     state = checkpoint.load(tmp_path / "run" / "last.pt")
@@ -196,7 +196,7 @@ def test_data_order_and_augmentation_are_keyed_so_resume_can_replay_them(store):
 
 def test_the_order_option_reaches_the_training_batches(store, tmp_path):
     from alexnet.data.loader import epoch_order, stratified_order
-    from alexnet.train import open_data
+    from alexnet.training import open_data
 
     for order in ("shuffled", "stratified"):
         data = open_data(config(store, tmp_path, order=order))
@@ -403,7 +403,7 @@ def test_a_network_that_dies_stops_the_run_in_one_line_and_keeps_its_checkpoint(
 
 def test_a_budget_fits_the_epochs_to_the_first_epochs_time(store, tmp_path):
     cfg = config(store, tmp_path, epochs=None, minutes=2.0, schedule="cosine")
-    trainer = alexnet.train.Trainer(cfg, alexnet.train.open_data(cfg), tmp_path / "run")
+    trainer = alexnet.training.Trainer(cfg, alexnet.training.open_data(cfg), tmp_path / "run")
     (tmp_path / "run").mkdir()
     trainer.started -= 30  # 30 s spent on the first epoch and what came before it
     trainer.epoch = 1  # as in the loop: the plan comes once the first epoch is counted (and saved)
