@@ -92,15 +92,17 @@ def test_fine_tuning_keeps_the_weights_layers_and_replaces_fc8_for_other_classes
     assert "fc8 replaced: 4 -> 3 classes, initialized by centered" in first, first
 
 
-def test_a_fine_tuning_run_records_its_weights_and_resumes_without_them(stores, weights, tmp_path):
+def test_a_fine_tuning_run_records_its_weights_and_resumes_without_them(stores, weights, tmp_path, capsys):
     _, three = stores
     w = tmp_path / "w.pt"
     shutil.copy(weights / "best.pt", w)
     run = train(config(three, tmp_path, weights=str(w), max_steps=1, pretrained_lr=0.1))
     saved = json.loads((run / "config.json").read_text())
     assert saved["weights"] == str(w) and saved["weights_digest"] == hashlib.sha256(w.read_bytes()).hexdigest()
+    one_line_error(capsys, ["train", "--resume", str(run), "--weights", str(weights)],
+                   f"--weights {weights / 'best.pt'}: the run to resume has '{w}'")
     w.unlink()  # the run's checkpoint holds all it took from them
-    train(TrainConfig(resume=str(run), max_steps=2, progress=False))
+    train(TrainConfig(resume=str(run), weights=str(w), max_steps=2, progress=False))
     state = checkpoint.load(run / "last.pt")
     assert state["total_steps"] == 2 and state["pretrained"] == list(LAYERS[:-1])
     assert [g["lr_scale"] for g in state["optimizer"]["param_groups"]] == [0.1, 1.0]
