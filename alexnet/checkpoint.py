@@ -6,7 +6,7 @@ A checkpoint (.pt: torch.save, read with torch.load(weights_only=True)) holds
     model                its state dict
     config, measured     the run's configuration (as config.json), the validation errors of these weights
     epoch, best          epochs trained, the lowest validation top-1 error so far
-    optimizer, schedule, step, total_steps, sums, planned, planned_epochs, rng, cuda_rng
+    optimizer, schedule, step, total_steps, sums, planned, planned_epochs, data_digest, pretrained, rng, cuda_rng
                          a run's state, from which `train --resume` continues exactly (train.Trainer.snapshot)
 A weights file (.safetensors) holds the state dict under the model's own keys, and in its header the record and
 the metadata of an export (export.metadata); every command that takes a checkpoint takes it, and a folder in the

@@ -8,11 +8,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import of_run
 from .errors import InputError, count
 from .few_classes import CLIP, PAPER_CLASSES, default_clip, default_init
 from .files import read_json
 from .lrn import MODES
-from .model import ARCHS, INITS, MIDDLE, WIDTHS
+from .model import ARCHS, INITS, LAYERS, MIDDLE, WIDTHS
 from .optim import SCHEDULES
 from .options import AMOUNT, COUNT, FRACTION, RATE, SEED, SIZE, Accepts, check, option, resumed
 from .run_folder import CONFIG, LAST
@@ -32,6 +33,8 @@ ORDERS = ("shuffled", "stratified")
 BEFORE = {"order": "shuffled", "clip": 0.0}
 CROP = Accepts("a whole number of at least 64", lambda v: v >= 64)
 NAME = Accepts("a folder name, without /", lambda v: v not in ("", ".", "..") and "/" not in v)
+FROZEN = LAYERS[:-1]  # the layers --freeze names: fc8 always trains
+FREEZE = Accepts(f"one of {', '.join(FROZEN)}", lambda v: v in FROZEN)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class TrainConfig:
                                     "CSV list of images (default: the built-in photos)")
     val_fraction: float = option(0.0, "an image folder without val/: the fraction of each class's training images "
                                       "held out for validation (the same images every run)", accepts=FRACTION)
+    weights: str | None = option(None, "fine-tune: start from trained weights, a checkpoint (.pt), a run folder, "
+                                       "a weights file (.safetensors) or an `import-torchvision` network, keeping "
+                                       "their network (architecture, LRN, width, removed layer, crop) and their "
+                                       "preprocessing (mean image, input scale); fc8 is replaced, initialized by "
+                                       "--init, where the data's classes are not theirs (default: none, a network "
+                                       "initialized by --init)")
+    freeze: str | None = option(None, "with --weights: this layer and those below it are not trained (default: "
+                                      "none)", choices=FROZEN, accepts=FREEZE)
+    pretrained_lr: float = option(1.0, "with --weights: a factor on the learning rate of the layers loaded from "
+                                       "them (fc8, when replaced, takes the rate itself)", accepts=RATE)
     arch: str = option("paper", "network variant", section="§3.5", choices=ARCHS)
     lrn: str | None = option(None, "LRN formula (default: the architecture's own)", section="§3.3", choices=MODES)
     init: str | None = option(None, f"initialization (default: §5's with {PAPER_CLASSES} classes or more; centered "
@@ -103,9 +116,13 @@ class TrainConfig:
     max_steps: int | None = option(None, "stop after this many steps in all", accepts=COUNT, resume=True)
     resume: str | None = option(None, "a run folder (or checkpoint) to continue exactly")
     progress: bool = option(True, "no progress bar", resume=True)
+    weights_digest: str | None = None  # the SHA-256 of the file --weights names, as the run started from it
 
     def __post_init__(self):
         check(self)
+        if not self.weights and not self.resume and (self.freeze or self.pretrained_lr != 1):
+            given = f"--freeze {self.freeze}" if self.freeze else f"--pretrained-lr {self.pretrained_lr:g}"
+            raise InputError(f"{given}: applies to the layers loaded from --weights, and none is given")
 
 
 def fill_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -132,6 +149,14 @@ def absolute(data: str | None) -> str | None:
     """A data path as a run keeps it: absolute, so that the run resumes, and its checkpoints evaluate, from any
     folder."""
     return None if data is None else str(Path(data).expanduser().resolve())
+
+
+def weights_file(weights: str | None) -> str | None:
+    """The file that --weights names, as a run keeps it: absolute, a run folder's checkpoint (checkpoint.of_run)."""
+    if weights is None:
+        return None
+    path = Path(weights).expanduser().resolve()
+    return str(of_run(path) if path.is_dir() else path)
 
 
 def moved_data(data: str | None, saved: str | None, digest: str | None) -> str | None:
@@ -162,7 +187,8 @@ def resume_config(request: TrainConfig, state: dict) -> tuple[TrainConfig, int]:
     if "optimizer" not in state:  # a weights file, an import
         raise InputError(f"{state['path']} holds a network's weights only; --resume takes a run's {LAST}")
     saved = saved_config(state)
-    cfg = dataclasses.replace(resumed(dataclasses.replace(request, data=None), saved),
+    kept = dataclasses.replace(request, data=None, weights=weights_file(request.weights))
+    cfg = dataclasses.replace(resumed(kept, saved),
                               data=moved_data(request.data, saved.data, state.get("data_digest")))
     # a checkpoint without planned_epochs kept a budget's plan in its configuration's epochs
     epochs, steps = request.epochs or state.get("planned_epochs", cfg.epochs), state["total_steps"]
@@ -185,5 +211,5 @@ def unsaved_config(request: TrainConfig, folder: Path) -> TrainConfig:
         saved = saved_config({"config": read_json(folder / CONFIG)})
     except (ValueError, AttributeError, TypeError):
         raise InputError(f"{folder / CONFIG} is not a run's configuration") from None
-    return dataclasses.replace(resumed(dataclasses.replace(request, data=None), saved),
-                               data=moved_data(request.data, saved.data, None))
+    kept = dataclasses.replace(request, data=None, weights=weights_file(request.weights))
+    return dataclasses.replace(resumed(kept, saved), data=moved_data(request.data, saved.data, None))

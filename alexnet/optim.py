@@ -5,10 +5,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .errors import InputError
 
 SCHEDULES = ("plateau", "step", "cosine")
+SCALE = "lr_scale"  # a parameter group's learning rate as a factor of the schedule's
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -40,12 +42,36 @@ class PaperSGD(torch.optim.Optimizer):
 
 def build_optimizer(name: str, params: Iterable, lr: float, momentum: float,
                     weight_decay: float) -> torch.optim.Optimizer:
-    """"paper" (the update rule above) or "sgd" (torch.optim.SGD with the same hyper-parameters)."""
+    """"paper" (the update rule above) or "sgd" (torch.optim.SGD with the same hyper-parameters), over parameters
+    or parameter groups (parameter_groups), each group at its share of `lr` (set_rate)."""
     if name == "paper":
-        return PaperSGD(params, lr, momentum, weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise InputError(f"unknown optimizer {name!r}; expected paper or sgd")
+        optimizer = PaperSGD(params, lr, momentum, weight_decay)
+    elif name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        raise InputError(f"unknown optimizer {name!r}; expected paper or sgd")
+    set_rate(optimizer, lr)
+    return optimizer
+
+
+def parameter_groups(model: nn.Module, scaled: Iterable[str], factor: float) -> list[dict]:
+    """The parameters of `model` that train (requires_grad) as an optimizer's groups: those of the layers `scaled`
+    (by their paper names, model.layers()) at `factor` times the schedule's learning rate, the others at the rate
+    itself; one group, in the model's order, where the factor is 1. A parameter that does not train is left out, and
+    so takes neither steps nor weight decay."""
+    layers = model.layers()
+    slow = {id(p) for name in scaled if factor != 1 for p in layers[name].parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) in slow], SCALE: factor},
+              {"params": [p for p in params if id(p) not in slow], SCALE: 1.0}]
+    return [group for group in groups if group["params"]]
+
+
+def set_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the schedule's learning rate: each group takes its share of it (SCALE; all of it in a group without one,
+    as a checkpoint saved before groups had shares holds)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get(SCALE, 1.0)
 
 
 @dataclass

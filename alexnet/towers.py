@@ -107,7 +107,8 @@ def _rows(layer: nn.Module, tower: int) -> nn.Module:
         part = nn.Conv2d(weight.shape[1], len(weight), layer.kernel_size, layer.stride, layer.padding, device="meta")
     else:
         part = nn.Linear(weight.shape[1], len(weight), device="meta")
-    part.weight, part.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
+    part.weight, part.bias = (nn.Parameter(p.clone(), requires_grad=whole.requires_grad)  # frozen stays frozen
+                              for p, whole in ((weight, layer.weight), (bias, layer.bias)))
     return part
 
 
@@ -166,7 +167,8 @@ class Tower(nn.Module):
     def whole_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """The whole network's state dict and its optimizer's, as one process would have them, from both towers'
         (a collective: both processes of the pair call it)."""
-        names = [name for name, _ in self.named_parameters()]
+        by_id = {id(p): name for name, p in self.named_parameters()}  # the optimizer's indices count its own
+        names = [by_id[id(p)] for group in optimizer.param_groups for p in group["params"]]
         model = {name: self._whole(name, tensor) for name, tensor in self.state_dict().items()}
         state = optimizer.state_dict()
         per_param = {i: {key: self._whole(names[i], value) if torch.is_tensor(value) and value.dim() else value

@@ -3,7 +3,7 @@
 train() opens the data and runs a Trainer, which resolves the configuration (config.py) and trains epoch after
 epoch into a run folder (run_folder.py). A checkpoint holds the weights, the optimizer, the schedule's state, the
 random state, the position in the epoch and the epochs the run trains, so that `--resume RUN` continues exactly
-where RUN stopped.
+where RUN stopped. A run with --weights starts from trained weights (finetune.py).
 """
 
 import copy
@@ -32,8 +32,9 @@ from .divergence import DeadGuard, DivergedError
 from .errors import InputError, count
 from .evaluate import evaluate
 from .files import link_or_copy
+from .finetune import freeze, load_layers, preprocessing, source, start_line
 from .inference import Network
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_optimizer, parameter_groups, set_rate
 from .record import NetworkRecord, build_model
 from .runtime import autocast, choose_device, choose_precision
 from .towers import Pair, Tower, place
@@ -50,19 +51,20 @@ def train(cfg: TrainConfig) -> Path:
     started = time.monotonic()  # a budget counts everything from here: the built-in store, the kernels' build
     rank, world, local_rank = distributed.start()
     try:
-        state = epochs = None
+        state = epochs = start = run_path = None
         if cfg.resume and run_folder.unsaved(Path(cfg.resume)):  # stopped before its first checkpoint: start again
             cfg, run_path = unsaved_config(cfg, Path(cfg.resume)), Path(cfg.resume)
         elif cfg.resume:
             state = checkpoint.load(Path(cfg.resume) / run_folder.LAST if Path(cfg.resume).is_dir() else cfg.resume)
             (cfg, epochs), run_path = resume_config(cfg, state), Path(state["path"]).parent
-        else:
-            run_path = _new_run_path(cfg, world, local_rank)
+        if cfg.weights and state is None:  # a resumed run's checkpoint holds all it took from its weights
+            cfg, start = source(cfg)  # their architecture, which the run folder's name and the towers need
+        run_path = run_path or _new_run_path(cfg, world, local_rank)
         device = choose_device(cfg.device)
         pair = place(cfg.arch, rank, world) if cfg.parallel == "towers" else None
         with torch.random.fork_rng(devices=[local_rank] if device.type == "cuda" else []):
             trainer = Trainer(cfg, open_data(cfg, rank, world, pair), run_path, rank, world, local_rank, started,
-                              pair)
+                              pair, start)
             if state is not None:
                 trainer.restore(state, epochs)
             folder = trainer.run()
@@ -163,11 +165,13 @@ class Trainer:
     """The state of a run and the loop over its epochs (§5). Seeds torch's global random generator.
 
     With `pair` (--parallel towers) the process holds one tower of the network (towers.Tower); its counts are
-    summed over its twins, which between them see each image once, and its checkpoints hold the whole network."""
+    summed over its twins, which between them see each image once, and its checkpoints hold the whole network.
+    With `start` (--weights, loaded by finetune.source) the network starts from those weights."""
 
     def __init__(self, cfg: TrainConfig, data: Data, run_path: Path, rank: int = 0, world: int = 1,
-                 local_rank: int = 0, started: float | None = None, pair: Pair | None = None):
-        cfg, self.init_reason, self.clip_reason = resolve(cfg, len(data.classes))  # before the run folder exists
+                 local_rank: int = 0, started: float | None = None, pair: Pair | None = None,
+                 start: dict | None = None):
+        cfg, init_reason, self.clip_reason = resolve(cfg, len(data.classes))  # before the run folder exists
         self.cfg = cfg
         self.data, self.run_path, self.rank, self.world, self.pair = data, run_path, rank, world, pair
         self.reduce = pair.sum if pair else distributed.reduce
@@ -176,11 +180,18 @@ class Trainer:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)
+        recipe = data.recipe if start is None else preprocessing(start["network"].recipe, data.recipe, cfg.weights)
         self.record = NetworkRecord.of(cfg.arch, data.classes, data.names, cfg.lrn, dropout=cfg.dropout,
-                                       width=cfg.width, remove=cfg.remove, crop=cfg.crop, recipe=data.recipe)
-        self.model = build_model(self.record, cfg.init).to(self.device)
+                                       width=cfg.width, remove=cfg.remove, crop=cfg.crop, recipe=recipe)
+        self.model = build_model(self.record, cfg.init)
+        # the layers loaded from --weights, which take --pretrained-lr's share of the rate
+        self.pretrained = () if start is None else load_layers(self.model, start, data.classes)
+        self.start_reason = (f"initialization {cfg.init} ({init_reason})" if start is None else
+                             start_line(start, data.classes, cfg.init, init_reason))
+        self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.frozen = freeze(self.model, cfg.freeze)
         self.batch = cfg.batch_size // (pair.pairs if pair else world)  # this process's images per step
         workload = f"{cfg.arch} training, batch {min(self.batch, PROBE_BATCH)}"
         if world > 1 and rank:  # the first process times the precisions; the others read what it found
@@ -191,11 +202,10 @@ class Trainer:
         self.precision, self.precision_reason = choice.name, choice.reason
         if pair:  # the precision was timed on the whole network, which is then split
             self.model = Tower(self.model, pair)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum,
-                                         cfg.weight_decay)
+        self.optimizer = self._optimizer()
         self.epochs = cfg.epochs  # the epochs the run trains: under a budget, at most these until `plan` fits them
         self.schedule = schedule_of(cfg, self.epochs, len(data.train))
-        self.recipe = data.recipe.to(self.device)
+        self.recipe = recipe.to(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch, self.step, self.total_steps, self.best = 0, 0, 0, math.inf
         self.sums = [0, 0.0, 0.0]  # images, summed loss, wrong top-1 so far in this epoch (kept across a resume)
@@ -205,6 +215,13 @@ class Trainer:
         self.started = time.monotonic() if started is None else started  # the clock of --minutes
         self.planned = cfg.minutes is None  # whether self.epochs is final (see plan)
         self.measured: dict | None = None  # the validation errors of the weights as they are (see snapshot)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The run's optimizer over the parameters that train, the layers loaded from --weights at
+        --pretrained-lr's share of the rate (optim.parameter_groups)."""
+        cfg = self.cfg
+        return build_optimizer(cfg.optimizer, parameter_groups(self.model, self.pretrained, cfg.pretrained_lr),
+                               cfg.lr, cfg.momentum, cfg.weight_decay)
 
     def _seconds(self, precision: str) -> float:
         """Seconds of one training step of a copy of the network (a batch of random images, at most PROBE_BATCH
@@ -232,7 +249,14 @@ class Trainer:
         `epochs` epochs in all (config.resume_config)."""
         if state["network"].classes != self.data.classes:
             raise InputError(f"{state['path']} was trained on other classes than {self.data.description}")
-        self.init_reason = self.clip_reason = "the run's own"  # not a choice of this command's
+        self.clip_reason = "the run's own"  # not a choice of this command's
+        self.start_reason = (f"from {self.cfg.weights}" if self.cfg.weights else
+                             f"initialization {self.cfg.init}") + " (the run's own)"
+        # the run's own record's preprocessing (a fine-tuned run's is its weights'), and its own optimizer's groups
+        self.record = dataclasses.replace(self.record, recipe=state["network"].recipe)
+        self.recipe = self.record.recipe.to(self.device)
+        self.pretrained = tuple(state.get("pretrained", ()))
+        self.optimizer = self._optimizer()
         if self.pair:
             self.model.load_whole_state(self.optimizer, state["model"], state["optimizer"])
         else:
@@ -262,7 +286,7 @@ class Trainer:
         return {**self.info(), "network": self.record, "model": model, "optimizer": optimizer,
                 "schedule": self.schedule.state_dict(), "step": self.step, "total_steps": self.total_steps,
                 "sums": list(self.sums), "planned": self.planned, "planned_epochs": self.epochs,
-                "data_digest": self.data.digest,
+                "data_digest": self.data.digest, "pretrained": list(self.pretrained),
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
 
@@ -320,9 +344,12 @@ class Trainer:
         folder.write_config(dataclasses.asdict(cfg))
         if self.rank == 0:
             layout = f" in {count(self.pair.pairs, 'pair')} of towers" if self.pair else ""
+            frozen = "-".join(self.frozen[:1] + self.frozen[1:][-1:])  # conv1, or conv1-conv5
             print(f"training {cfg.arch!r} on {data.description}: {len(data.train.source)} training and "
                   f"{len(data.val.source)} validation images, {len(data.classes)} classes; "
-                  f"initialization {cfg.init} ({self.init_reason}); "
+                  f"{self.start_reason}; "
+                  + (f"{frozen} frozen; " if frozen else "")
+                  + (f"the loaded layers at {cfg.pretrained_lr:g} × --lr; " if cfg.pretrained_lr != 1 else "")
                   + (f"gradients clipped at norm {cfg.clip:g} ({self.clip_reason}); " if cfg.clip else "")
                   + f"{self.device.type}, {self.precision} "
                   f"({self.precision_reason}), {count(self.world, 'process')}{layout}; "
@@ -387,8 +414,7 @@ class Trainer:
                    unit="batch", disable=not cfg.progress or self.rank != 0, leave=False, dynamic_ncols=True)
         for images, labels, indices in data.train.epoch(self.epoch, start=self.step):
             lr = self.schedule.rate(self.epoch + self.step / len(data.train))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            set_rate(self.optimizer, lr)
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if cfg.augment == "none":
                 x = center_crop(images, self.recipe, cfg.crop)
