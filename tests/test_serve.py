@@ -266,7 +266,9 @@ def test_the_batcher_runs_in_a_thread_of_its_own_refuses_beyond_its_queue_and_su
     asyncio.run(main())
 
 
-def test_a_full_queue_answers_503_and_the_server_goes_on(predictor, monkeypatch):
+def beyond_a_full_queue(predictor, monkeypatch, **params) -> httpx.Response:
+    """The answer to a third photo while, with a queue of one and batches of one held, a first runs and a second
+    waits; then the batches are let go, and the first two, and a fourth, must be answered 200."""
     gate, entered, run = threading.Event(), threading.Event(), predictor.run
 
     def slow(jobs):
@@ -277,18 +279,23 @@ def test_a_full_queue_answers_503_and_the_server_goes_on(predictor, monkeypatch)
     monkeypatch.setattr(predictor, "run", slow)
     data = PHOTO.read_bytes()
     with TestClient(make_app(predictor, max_batch=1, queue=1), base_url=LOCAL) as client, ThreadPoolExecutor(2) as pool:
-        first = pool.submit(post, client, data, crops=1)
+        first = pool.submit(post, client, data, **params)
         assert entered.wait(30)
-        second = pool.submit(post, client, data, crops=1)
+        second = pool.submit(post, client, data, **params)
         deadline = time.monotonic() + 30
         while client.get("/health").json()["queued"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        busy = post(client, data, crops=1)
-        assert busy.status_code == 503 and "waiting already" in busy.json()["error"]
-        assert busy.headers["retry-after"] == "1"
+        busy = post(client, data, **params)
         gate.set()
         assert first.result().status_code == second.result().status_code == 200
-        assert post(client, data, crops=1).status_code == 200
+        assert post(client, data, **params).status_code == 200  # the server goes on
+    return busy
+
+
+def test_a_full_queue_answers_503_and_the_server_goes_on(predictor, monkeypatch):
+    busy = beyond_a_full_queue(predictor, monkeypatch, crops=1)
+    assert busy.status_code == 503 and "waiting already" in busy.json()["error"]
+    assert busy.headers["retry-after"] == "1"
 
 
 def test_auto_precision_is_the_faster_at_the_servers_max_batch(ckpt, tmp_path, monkeypatch, capsys):
@@ -476,28 +483,10 @@ def test_at_most_one_photo_per_core_is_decoded_at_once_by_threads_of_their_own(m
 
 
 def test_a_full_queue_answers_503_with_retry_after_before_decoding(monkeypatch):
-    plain, gate, entered = Plain(), threading.Event(), threading.Event()
-    run = plain.run
-
-    def slow(jobs):
-        entered.set()
-        gate.wait(30)
-        return run(jobs)
-
-    monkeypatch.setattr(plain, "run", slow)
-    data = PHOTO.read_bytes()
-    with TestClient(make_app(plain, max_batch=1, queue=1), base_url=LOCAL) as client, ThreadPoolExecutor(2) as pool:
-        first = pool.submit(post, client, data)
-        assert entered.wait(30)
-        second = pool.submit(post, client, data)
-        deadline = time.monotonic() + 30
-        while client.get("/health").json()["queued"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        busy = post(client, data)
-        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-        assert plain.decoded == 2  # the third photo was never decoded
-        gate.set()
-        assert first.result().status_code == second.result().status_code == 200
+    plain = Plain()
+    busy = beyond_a_full_queue(plain, monkeypatch)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert plain.decoded == 3  # of four photos: the one answered 503 was never decoded
 
 
 def test_a_host_that_is_not_this_servers_name_is_a_400_in_one_line():
