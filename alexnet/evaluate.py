@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.augment import center_crop, ten_crop
-from .data.folders import BadImageError, _image_files, known_class
+from .data.folders import BadImageError, images_under, known_class
 from .data.loader import Loader
 from .data.sources import open_split, prepared_root
 from .errors import InputError, printable
@@ -253,7 +253,7 @@ class Predictions:
         return list(zip(self.images, top5(self.probs, self.names), strict=True))
 
 
-def image_files(inputs: list[str]) -> list[str]:
+def images_of(inputs: list[str]) -> list[str]:
     """Image files and folders as image files: each folder's images at any depth, sorted (as a data set's are
     listed: other files, pipes and link cycles passed over); a file as it is named."""
     files = []
@@ -261,7 +261,7 @@ def image_files(inputs: list[str]) -> list[str]:
         if not os.path.isdir(item):
             files.append(item)
             continue
-        found, _ = _image_files(Path(item))
+        found, _ = images_under(Path(item))
         if not found:
             raise InputError(f"{printable(item)}: no image files in this folder")
         files += map(str, found)
@@ -274,7 +274,7 @@ def predict(path: str, images: list[str], crops: int = PredictConfig.crops, devi
     over ten patches by default).
 
     An unreadable image raises BadImageError."""
-    images = image_files(images)
+    images = images_of(images)
     (net,) = load_networks([path], device, precision)
     pixels = np.stack([net.preprocess(image) for image in images])
     probs = probabilities([net], torch.from_numpy(pixels), crops).cpu()
@@ -290,7 +290,7 @@ def predict_csv(path: str, images: list[str], out: str | Path, crops: int = Pred
     now, the rows that were there, and the unreadable images among those written now."""
     from tqdm import tqdm
 
-    files = list(dict.fromkeys(image_files(images)))  # each once
+    files = list(dict.fromkeys(images_of(images)))  # each once
     (net,) = load_networks([path], device, precision, batch_size)
     header = ["file"] + [f"{what}_{rank}" for rank in range(1, min(5, len(net.classes)) + 1)
                          for what in ("class", "probability")] + ["error"]

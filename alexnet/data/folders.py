@@ -232,7 +232,7 @@ def _class_folders(folder: Path) -> list[str]:
     return classes
 
 
-def _image_files(folder: Path) -> tuple[list[Path], int]:
+def images_under(folder: Path) -> tuple[list[Path], int]:
     """The image files under `folder` (any depth, sorted), each once however links lead to it, and how many
     other files were passed over. Links are followed, but not to a folder reached before or to one above
     `folder` (either makes a cycle); a name with an image's suffix that is not a regular file (a pipe, a
@@ -268,7 +268,7 @@ def _list_class_folders(folder: Path, classes: list[str], present: list[str] | N
     index = {c: i for i, c in enumerate(classes)}
     paths, labels, skipped = [], [], 0
     for name in present or classes:
-        images, others = _image_files(folder / name)
+        images, others = images_under(folder / name)
         if not images:
             raise InputError(f"empty class folder: {printable(folder / name)} has no image files")
         paths += images
@@ -278,7 +278,7 @@ def _list_class_folders(folder: Path, classes: list[str], present: list[str] | N
 
 
 def _list_flat_val(root: Path, folder: Path, classes: list[str], label_file: str | Path | None) -> ImageList:
-    paths, skipped = _image_files(folder)
+    paths, skipped = images_under(folder)
     if not paths:
         raise InputError(f"no images in {folder}")
     wnid_of = _val_labels(root, folder, label_file)
