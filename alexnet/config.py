@@ -186,10 +186,7 @@ def resume_config(request: TrainConfig, state: dict) -> tuple[TrainConfig, int]:
     epochs that fitted). InputError where the checkpoint is not a run's, or the run has nothing left to train."""
     if "optimizer" not in state:  # a weights file, an import
         raise InputError(f"{state['path']} holds a network's weights only; --resume takes a run's {LAST}")
-    saved = saved_config(state)
-    kept = dataclasses.replace(request, data=None, weights=weights_file(request.weights))
-    cfg = dataclasses.replace(resumed(kept, saved),
-                              data=moved_data(request.data, saved.data, state.get("data_digest")))
+    cfg = resumed_from(request, saved_config(state), state.get("data_digest"))
     # a checkpoint without planned_epochs kept a budget's plan in its configuration's epochs
     epochs, steps = request.epochs or state.get("planned_epochs", cfg.epochs), state["total_steps"]
     if epochs <= state["epoch"] and request.epochs is None:
@@ -211,5 +208,11 @@ def unsaved_config(request: TrainConfig, folder: Path) -> TrainConfig:
         saved = saved_config({"config": read_json(folder / CONFIG)})
     except (ValueError, AttributeError, TypeError):
         raise InputError(f"{folder / CONFIG} is not a run's configuration") from None
+    return resumed_from(request, saved, None)
+
+
+def resumed_from(request: TrainConfig, saved: TrainConfig, digest: str | None) -> TrainConfig:
+    """The configuration `saved` with the changes that a resume's `request` may make (options.resumed), its
+    --weights compared as the run keeps them and its --data as moved_data takes it (`digest`: the run's store's)."""
     kept = dataclasses.replace(request, data=None, weights=weights_file(request.weights))
-    return dataclasses.replace(resumed(kept, saved), data=moved_data(request.data, saved.data, None))
+    return dataclasses.replace(resumed(kept, saved), data=moved_data(request.data, saved.data, digest))
